@@ -1,0 +1,28 @@
+"""What one site holds: its own train and validation splits, plus a description to report."""
+
+from dataclasses import dataclass, field
+
+from fedvlm.data.example import VQAExample
+
+
+@dataclass
+class SiteData:
+    """A site's local data; the images never leave the site.
+
+    Parameters
+    ----------
+    train : list[VQAExample]
+        Examples the site trains on.
+    val : list[VQAExample]
+        The site's own validation split, drawn from the same distribution as ``train``.
+    name : str
+        Human-readable site name for logs and reports.
+    description : dict[str, str | int | float]
+        Scalars only (label distribution, acquisition, sizes), so it can go into a MetricRecord,
+        ConfigRecord or JSON ledger without conversion.
+    """
+
+    train: list[VQAExample]
+    val: list[VQAExample]
+    name: str
+    description: dict[str, str | int | float] = field(default_factory=dict)

@@ -1,0 +1,56 @@
+"""Aggregation strategies for federated LoRA fine-tuning (pure math on adapter updates).
+
+Every strategy is a Flower Message-API strategy (sampling, messages and metric
+aggregation are Flower's FedAvg) whose `aggregate_train` validates each reply, combines
+the updates and returns the next global adapter. Build one by name with
+`build_strategy`; the coordinator checks `strategy.linear` (via `require_linear`) before
+combining a strategy with secure aggregation or central DP.
+"""
+
+from collections.abc import Callable
+
+from fedvlm.errors import ConfigError
+from strategies.base import AdapterStrategy, require_linear
+from strategies.fedavg import FedAvg
+from strategies.validation import Rejection
+
+STRATEGIES: dict[str, Callable[..., AdapterStrategy]] = {
+    "fedavg": FedAvg,
+}
+
+
+def build_strategy(name: str, **kwargs: object) -> AdapterStrategy:
+    """Build the strategy registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of `STRATEGIES` (case-insensitive).
+    **kwargs
+        The strategy's constructor arguments (sampling, ``max_update_norm``, ...).
+
+    Raises
+    ------
+    ConfigError
+        Naming the ``strategy`` key: unknown name (the message lists the valid ones) or
+        arguments the strategy does not take.
+    """
+    factory = STRATEGIES.get(name.strip().lower())
+    if factory is None:
+        raise ConfigError(
+            "strategy", f"unknown strategy '{name}'; valid names: {', '.join(sorted(STRATEGIES))}"
+        )
+    try:
+        return factory(**kwargs)
+    except TypeError as err:
+        raise ConfigError("strategy", f"invalid arguments for '{name}': {err}") from err
+
+
+__all__ = [
+    "STRATEGIES",
+    "AdapterStrategy",
+    "FedAvg",
+    "Rejection",
+    "build_strategy",
+    "require_linear",
+]

@@ -1,0 +1,269 @@
+"""Abstract base of every fedvlm strategy: validate, average, apply.
+
+Clients send *updates* (local adapter minus the global adapter they received), not
+weights. Every strategy therefore does the same three things in `aggregate_train`:
+
+1. validate each reply on its own (`strategies.validation`), so a broken site is
+   dropped and named in the ledger instead of ruining the round;
+2. combine the accepted updates, by default their mean weighted by ``num-examples``;
+3. turn that combined update into the next global adapter (`apply_mean_update`): plain
+   addition for FedAvg, a server optimizer step for FedAdam/FedYogi.
+
+Step 3 only ever sees a weighted mean, so a strategy whose step 2 is the weighted mean
+(``linear = True``) also works when the coordinator only learns the *sum* of updates
+(secure aggregation, central DP): it calls `apply_update_sum` instead.
+
+Sampling, message construction and metric aggregation are Flower's FedAvg, unchanged.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
+from flwr.serverapp.strategy import FedAvg
+
+from fedvlm import contract
+from fedvlm.errors import ConfigError
+from strategies.validation import (
+    AcceptedUpdate,
+    InvalidUpdateError,
+    Rejection,
+    TensorSpec,
+    check_update,
+    spec_of,
+    validate_replies,
+)
+
+StateDict = dict[str, np.ndarray | float | int]
+
+_ROUND = "round"
+_GLOBAL = "global/"
+
+
+def weighted_mean(
+    updates: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Return ``sum_i w_i u_i / sum_i w_i`` per tensor, accumulated in float64.
+
+    Float64 accumulation keeps the mean independent of reply order to well below
+    float32 resolution, so a resumed or re-ordered round gives the same adapter.
+    """
+    total = float(sum(weights))
+    mean: dict[str, np.ndarray] = {}
+    for update, weight in zip(updates, weights, strict=True):
+        for name, tensor in update.items():
+            term = tensor.astype(np.float64) * weight
+            mean[name] = mean[name] + term if name in mean else term
+    return {name: summed / total for name, summed in mean.items()}
+
+
+class AdapterStrategy(FedAvg, ABC):
+    """Base of strategies that aggregate adapter *updates* into a new global adapter.
+
+    Parameters
+    ----------
+    max_update_norm : float or None (default: None)
+        Replies whose update has a larger L2 norm are rejected (None: no bound).
+    **fedavg_kwargs
+        Passed to Flower's `FedAvg` (``fraction_train``, ``min_train_nodes``, ...).
+        The record and weight keys are fixed to the fedvlm contract.
+
+    Attributes
+    ----------
+    linear : bool
+        True when the combined update is the weighted mean of the updates, so the
+        strategy can run from a sum of updates (secure aggregation, central DP).
+    last_rejections : list[Rejection]
+        Replies refused by the last `aggregate_train`, with reasons (for the ledger).
+    """
+
+    linear: ClassVar[bool] = True
+
+    def __init__(self, *, max_update_norm: float | None = None, **fedavg_kwargs: object) -> None:
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ConfigError(
+                "max-update-norm", f"must be positive or unset, got {max_update_norm}"
+            )
+        super().__init__(
+            weighted_by_key=contract.NUM_EXAMPLES,
+            arrayrecord_key=contract.ARRAYS,
+            configrecord_key=contract.CONFIG,
+            **fedavg_kwargs,  # type: ignore[arg-type]
+        )
+        self.max_update_norm = max_update_norm
+        self.last_rejections: list[Rejection] = []
+        self.current_round = 0
+        self.current_global: dict[str, np.ndarray] | None = None
+
+    # --- the hooks a concrete strategy fills in -------------------------------------
+
+    @abstractmethod
+    def apply_mean_update(
+        self, server_round: int, mean_update: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Return the next global adapter from the combined update.
+
+        Parameters
+        ----------
+        server_round : int
+            The round being aggregated (1-based).
+        mean_update : dict[str, np.ndarray]
+            Combined update (float64), same names and shapes as `current_global`.
+
+        Returns
+        -------
+        dict[str, np.ndarray]
+            Next global adapter; cast back to the global's dtypes by the caller.
+        """
+
+    def combine_updates(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, np.ndarray]:
+        """Combine accepted updates; the weighted mean unless a robust rule overrides it."""
+        return weighted_mean([a.update for a in accepted], [a.num_examples for a in accepted])
+
+    def update_spec(self) -> dict[str, TensorSpec]:
+        """Layout every update must have this round: that of the global adapter sent."""
+        return spec_of(self._require_global())
+
+    # --- Flower's strategy interface ------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global adapter sent, then sample nodes and build messages."""
+        self.current_global = {name: array.numpy() for name, array in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate each reply, combine the accepted updates, return the new global.
+
+        Returns ``(None, None)`` when no reply is accepted; `last_rejections` then says
+        why. The returned ArrayRecord is the next *global adapter*, not an update.
+        """
+        accepted, self.last_rejections = validate_replies(
+            replies, self.update_spec(), self.max_update_norm
+        )
+        if not accepted:
+            return None, None
+        new_global = self._step(server_round, self.combine_updates(accepted))
+        metrics = self.train_metrics_aggr_fn(
+            [_metrics_only(a.metrics) for a in accepted], self.weighted_by_key
+        )
+        return new_global, metrics
+
+    def apply_update_sum(
+        self, server_round: int, update_sum: dict[str, np.ndarray], total_weight: float
+    ) -> ArrayRecord:
+        """Return the new global adapter from the sum of weighted updates only.
+
+        For secure aggregation: the coordinator learns ``sum_i w_i u_i`` and
+        ``sum_i w_i`` (already unmasked, noised and validated), never one update.
+
+        Parameters
+        ----------
+        server_round : int
+            The round being aggregated.
+        update_sum : dict[str, np.ndarray]
+            ``sum_i w_i u_i`` per tensor.
+        total_weight : float
+            ``sum_i w_i`` (positive).
+
+        Raises
+        ------
+        ConfigError
+            If this strategy is not linear in the updates.
+        AggregationError
+            If the sum does not fit the global adapter or the weight is not positive.
+        """
+        require_linear(self, "the coordinator only learns the sum of updates")
+        if not total_weight > 0:
+            raise AggregationError(f"total weight must be positive, got {total_weight}")
+        try:
+            check_update(
+                {k: np.asarray(v, dtype=np.float32) for k, v in update_sum.items()},
+                {k: TensorSpec(s.shape, "float32") for k, s in self.update_spec().items()},
+            )
+        except InvalidUpdateError as err:
+            raise AggregationError(f"update sum rejected ({err.check}): {err.reason}") from err
+        mean = {k: np.asarray(v, dtype=np.float64) / total_weight for k, v in update_sum.items()}
+        return self._step(server_round, mean)
+
+    # --- checkpointing --------------------------------------------------------------
+
+    def state_dict(self) -> StateDict:
+        """Return everything a resumed run needs to continue bit-identically.
+
+        Flat keys: ``round``, ``global/<tensor>``, plus what subclasses add (server
+        optimizer moments). Values are numpy arrays or Python scalars, ready for
+        ``np.savez`` or a safetensors file.
+        """
+        state: StateDict = {_ROUND: self.current_round}
+        for name, tensor in (self.current_global or {}).items():
+            state[_GLOBAL + name] = tensor.copy()
+        return state
+
+    def load_state_dict(self, state: StateDict) -> None:
+        """Restore what `state_dict` returned."""
+        self.current_round = int(state[_ROUND])
+        self.current_global = _with_prefix(state, _GLOBAL) or None
+
+    # --- internals ------------------------------------------------------------------
+
+    def _require_global(self) -> dict[str, np.ndarray]:
+        if self.current_global is None:
+            raise AggregationError(
+                "no global adapter known: call configure_train (or load_state_dict) first"
+            )
+        return self.current_global
+
+    def _step(self, server_round: int, mean_update: dict[str, np.ndarray]) -> ArrayRecord:
+        """Apply the combined update, keep the result as the current global, return it."""
+        current = self._require_global()
+        new_global = self.apply_mean_update(server_round, mean_update)
+        self.current_global = {
+            name: np.asarray(new_global[name], dtype=current[name].dtype) for name in current
+        }
+        self.current_round = server_round
+        return ArrayRecord({k: Array(v) for k, v in self.current_global.items()})
+
+
+def require_linear(strategy: AdapterStrategy, reason: str) -> None:
+    """Refuse a strategy that needs individual updates where only their sum exists.
+
+    Parameters
+    ----------
+    strategy : AdapterStrategy
+        The configured strategy.
+    reason : str
+        Why only a sum is available (for instance "secure aggregation is on").
+
+    Raises
+    ------
+    ConfigError
+        Naming the ``strategy`` key, if the strategy is not linear in the updates.
+    """
+    if not strategy.linear:
+        raise ConfigError(
+            "strategy",
+            f"{type(strategy).__name__} needs each site's individual update, but {reason}; "
+            "choose a linear strategy (fedavg, fedprox, fedadam, fedyogi, ffa-lora, hetlora)",
+        )
+
+
+def _metrics_only(metrics: MetricRecord) -> RecordDict:
+    """Wrap a MetricRecord the way Flower's metric aggregation functions expect."""
+    return RecordDict({contract.METRICS: metrics})
+
+
+def _with_prefix(state: StateDict, prefix: str) -> dict[str, np.ndarray]:
+    """Return the arrays of ``state`` whose key starts with ``prefix``, prefix removed."""
+    return {
+        key[len(prefix) :]: np.asarray(value).copy()
+        for key, value in state.items()
+        if key.startswith(prefix)
+    }

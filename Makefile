@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make simulate   the main job: a simulated 4-site federation on the embedded tiny VLM
+#   make test       lint and the test suite
+# Both create .venv on first use. torch is installed first and pinned to the CPU wheel
+# (a bare `torch` requirement pulls a multi-GB CUDA build); a torch already importable in
+# .venv (e.g. a CUDA build on a GPU node) is kept. Override with `make setup TORCH=...`.
+
+PYTHON ?= python3.11
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup simulate test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+simulate: setup
+	$(BIN)/python -m fedvlm simulate --scenario default
+
+test: setup
+	$(BIN)/ruff check .
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,91 @@
+"""The ClientApp: what a site runs each round.
+
+One round at a site, top to bottom: load the base VLM once per process, overwrite its
+adapter with the global one, train on local images, and send back only the adapter update
+(local - global) with scalar metrics. Images, labels and file paths never enter a reply.
+"""
+
+import time
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site_data import load_site
+from fedvlm import contract
+from fedvlm.adapter import (
+    adapter_nbytes,
+    adapter_to_arrayrecord,
+    arrayrecord_to_adapter,
+    get_adapter_state,
+    set_adapter_state,
+    subtract,
+)
+from fedvlm.config import NodeSettings, RunSettings, read
+from fedvlm.training import evaluate, train_local
+from fedvlm.vlm import load_peft_model
+
+app = ClientApp()
+
+
+def _prepare(msg: Message, context: Context):
+    """Parse settings, load the cached model and data, and apply the global adapter."""
+    # One torch thread per client process: two processes spinning OpenMP threads on two
+    # cores ran ~40x slower (NOTES.md). A GPU node may raise it in its node config.
+    torch.set_num_threads(read(context.node_config, "torch-threads", int, 1))
+    run = RunSettings.from_config(context.run_config)
+    node = NodeSettings.from_config(context.node_config)
+    site = load_site(node, run.simulation, run.seed)
+    model, processor = load_peft_model(run.base_model, run.lora)
+    global_adapter = arrayrecord_to_adapter(msg.content[contract.ARRAYS])
+    set_adapter_state(model, global_adapter)
+    return run, site, model, processor, global_adapter
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global adapter on local images and reply with the update."""
+    run, site, model, processor, global_adapter = _prepare(msg, context)
+    config = msg.content[contract.CONFIG]
+    server_round = int(config[contract.SERVER_ROUND])
+    partition = int(context.node_config.get("partition-id", 0))
+    started = time.perf_counter()
+    stats = train_local(
+        model,
+        processor,
+        site.train,
+        steps=int(config[contract.LOCAL_STEPS]),
+        lr=float(config[contract.LEARNING_RATE]),
+        batch_size=int(config[contract.BATCH_SIZE]),
+        seed=run.seed + 100_003 * server_round + partition,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        reference=global_adapter,
+    )
+    update = subtract(get_adapter_state(model), global_adapter)
+    metrics = {
+        contract.NUM_EXAMPLES: len(site.train),
+        contract.TRAIN_LOSS: stats.mean_loss,
+        contract.TRAIN_SECONDS: time.perf_counter() - started,
+        contract.BYTES_DOWN: adapter_nbytes(global_adapter),
+        contract.BYTES_UP: adapter_nbytes(update),
+    }
+    content = RecordDict(
+        {
+            contract.ARRAYS: adapter_to_arrayrecord(update),
+            contract.METRICS: MetricRecord(metrics),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the global adapter on this site's own validation split (scalars only)."""
+    _, site, model, processor, _ = _prepare(msg, context)
+    stats = evaluate(model, processor, site.val)
+    metrics = {
+        contract.NUM_EXAMPLES: stats.examples,
+        contract.EVAL_LOSS: stats.loss,
+        contract.EVAL_ACCURACY: stats.accuracy,
+    }
+    return Message(content=RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,1 @@
+"""Coordinator: the Flower ServerApp, its round loop, ledger, checkpoints and reports."""

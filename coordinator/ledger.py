@@ -1,0 +1,66 @@
+"""The per-round ledger: one JSON object per round, appended before the next round starts.
+
+JSONL is the source of truth (every block a round produces: metrics, privacy, energy,
+bytes, who dropped or was rejected); the CSV beside it is a flat view of the scalar columns
+for spreadsheets, rewritten from the JSONL after every round.
+"""
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from coordinator.atomic import write_atomic
+
+LEDGER_JSONL = "ledger.jsonl"
+LEDGER_CSV = "ledger.csv"
+
+
+def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
+    """Read every complete round of a run, in order."""
+    path = run_dir / LEDGER_JSONL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested blocks become dotted columns; lists become their length-free JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def _csv_text(rows: Iterable[dict[str, Any]]) -> str:
+    flat_rows = [_flatten(r) for r in rows]
+    columns: list[str] = []
+    for r in flat_rows:
+        columns.extend(c for c in r if c not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat_rows)
+    return buffer.getvalue()
+
+
+def append_round(run_dir: Path, row: dict[str, Any]) -> None:
+    """Append one round atomically (JSONL rewritten whole, then the CSV view).
+
+    Rewriting instead of appending in place means a crash mid-write can never leave a
+    truncated last line that a resumed coordinator would misread.
+    """
+    rows = [r for r in read_ledger(run_dir) if r["round"] != row["round"]]
+    rows.append(row)
+    rows.sort(key=lambda r: r["round"])
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    write_atomic(run_dir / LEDGER_JSONL, text.encode())
+    write_atomic(run_dir / LEDGER_CSV, _csv_text(rows).encode())

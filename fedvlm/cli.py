@@ -1,0 +1,81 @@
+"""The `fedvlm` command: the three user jobs and the tools around them.
+
+This module is a dispatcher: each subcommand imports the package that does the work only
+when it runs (simulations, coordinator), so that importing `fedvlm` as a library still
+pulls in no other package of the project (DESIGN.md's import rule holds for library code).
+"""
+
+import argparse
+import importlib
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedvlm.errors import FedVLMError
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict:
+    """`key=value` pairs with TOML values, as Flower's `--run-config` takes them."""
+    text = "\n".join(pairs)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FedVLMError(f"--run-config: cannot parse {text!r} as key=value pairs: {exc}") from exc
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    scenario_mod = importlib.import_module("simulations.scenario")
+    runner = importlib.import_module("simulations.runner")
+    scenario = scenario_mod.Scenario.load(args.scenario)
+    overrides = _parse_overrides(args.run_config)
+    run_dir = runner.run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
+    print(f"fedvlm: run folder {run_dir}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    report = importlib.import_module("coordinator.report")
+    report.build_report(Path(args.run_dir))
+    print(f"fedvlm: report rebuilt in {args.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fedvlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulate a federation on this machine (Flower engine)")
+    sim.add_argument("--scenario", default="default", help="name in simulations/scenarios or path")
+    sim.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [tool.flwr.app.config] value, e.g. --run-config num-server-rounds=3",
+    )
+    sim.add_argument("--run-dir", default=None, help="parent folder of run folders (./runs)")
+    sim.set_defaults(func=_simulate)
+
+    rep = sub.add_parser("report", help="rebuild plots and model card of a run from its ledger")
+    rep.add_argument("run_dir", help="a run folder, e.g. runs/default-20261129-120000")
+    rep.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fedvlm` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FedVLMError as exc:
+        print(f"fedvlm: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"fedvlm: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One-machine federations: scenarios run through Flower's simulation engine."""

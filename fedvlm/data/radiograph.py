@@ -190,7 +190,7 @@ def render(
     image = _TISSUE_LEVEL + acquisition.contrast * (image - _TISSUE_LEVEL) + acquisition.intensity
     image = image + rng.normal(0.0, acquisition.noise, image.shape)
     grey = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.stack([grey] * 3, axis=-1), mode="RGB")
+    return Image.fromarray(np.stack([grey] * 3, axis=-1))  # uint8 HxWx3 is RGB
 
 
 def make_example(

@@ -1,0 +1,37 @@
+"""The embedded model's build script and the committed folder it produced."""
+
+import math
+
+from transformers import LlavaForConditionalGeneration
+
+from fedvlm.embedded import EMBEDDED_MODEL_DIR
+from fedvlm.embedded.build import main as build_main
+from fedvlm.embedded.shapes import RADIOGRAPH_TEXT, make_examples, vocabulary_text
+from fedvlm.training import evaluate
+from fedvlm.vlm import load_base
+
+
+def test_build_script_output_loads_and_answers(tmp_path):
+    build_main(["--out", str(tmp_path), "--steps", "5"])
+    assert (tmp_path / "model.safetensors").is_file()
+    model, processor = load_base(str(tmp_path))
+    assert isinstance(model, LlavaForConditionalGeneration)
+    result = evaluate(model, processor, make_examples(8, seed=9))
+    assert result.examples == 8 and math.isfinite(result.loss)
+
+
+def test_committed_model_is_small_and_knows_the_task_words():
+    size = sum(f.stat().st_size for f in EMBEDDED_MODEL_DIR.iterdir())
+    assert size < 5_000_000
+    _, processor = load_base("embedded")
+    tokenizer = processor.tokenizer
+    for text in (*vocabulary_text(), *RADIOGRAPH_TEXT):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert len(ids) <= len(text.split()) * 2 + 2, text
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert "<|assistant|>" in processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )

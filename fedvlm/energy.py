@@ -388,11 +388,13 @@ class _SharedTracker:
     """
 
     def __init__(self) -> None:
-        # Silence codecarbon before it is imported: its tracker logs at INFO while it is being
-        # built, before its own `log_level` applies. CODECARBON_LOG_LEVEL still wins if set.
+        from codecarbon import OfflineEmissionsTracker
+
+        # Silence codecarbon before building the tracker: it logs at INFO while being built,
+        # before its own `log_level` applies (importing it resets the level from the
+        # environment, hence after the import). CODECARBON_LOG_LEVEL still wins if set.
         level = os.environ.get("CODECARBON_LOG_LEVEL", "ERROR").upper()
         logging.getLogger("codecarbon").setLevel(level)
-        from codecarbon import OfflineEmissionsTracker
 
         self.tracker = OfflineEmissionsTracker(
             tracking_mode="process",

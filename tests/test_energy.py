@@ -2,6 +2,9 @@
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,21 @@ def test_add_readings_sums_a_nodes_train_and_evaluate() -> None:
     total = add_readings(_reading(1e-5, 50.0), _reading(3e-5, 50.0))
     assert total.kwh == pytest.approx(4e-5) and total.co2_kg == pytest.approx(4e-5 * 0.05)
     assert total.seconds == 4.0
+
+
+def test_a_fresh_process_measures_silently_and_writes_nothing(tmp_path: Path) -> None:
+    script = (
+        "from fedvlm.energy import EnergyMeter, EnergySettings\n"
+        "meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=80.0))\n"
+        "with meter.measure() as handle:\n"
+        "    sum(i * i for i in range(300_000))\n"
+        "assert handle.reading.kwh > 0\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("CODECARBON_LOG_LEVEL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
+    assert list(tmp_path.iterdir()) == []

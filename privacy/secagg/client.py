@@ -1,0 +1,340 @@
+"""The client side of SecAgg+: one method per stage, state that fits a Flower ConfigRecord.
+
+A Flower ClientApp process does not survive between messages, so the client is rebuilt from
+``context.state`` for every stage (``SecAggClient.from_state``) and saved back
+(``to_state``). Every request of the coordinator is checked before anything secret leaves:
+the neighbourhood must match the public graph, peers' keys must carry valid signatures, the
+survivor set must be the one this client signed and that a threshold of clients signed too, and
+no peer may ever be asked for both its self-mask share and its pairwise-key share.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from . import crypto, messages, shamir
+from .config import SecAggConfig
+from .errors import (
+    AuthenticationError,
+    CoordinatorMisbehaviourError,
+    MalformedPayloadError,
+    RoundFailedError,
+)
+from .graph import neighbours
+from .masking import commit_self_mask, pair_mask_key, self_mask_key
+from .messages import Payload, Stage
+from .quantize import quantize
+
+logger = logging.getLogger(__name__)
+
+ROUND_ID_BYTES = 16
+_SHARE_BYTES = 48  # a 32-byte secret is three field elements of 16 bytes
+
+
+def share_point(client_id: int) -> int:
+    """Return the Shamir evaluation point of the shares a client holds (never 0)."""
+    return client_id + 1
+
+
+@dataclass
+class SecAggClient:
+    """One client's secrets and view of the round; every field is a ConfigRecord value."""
+
+    config: SecAggConfig
+    round_id: bytes
+    client_id: int
+    next_stage: str
+    c_sk: bytes
+    s_sk: bytes
+    sig_sk: bytes
+    sig_pk: bytes
+    b_seed: bytes
+    participants: list[int] = field(default_factory=list)
+    sig_pks: list[bytes] = field(default_factory=list)
+    peer_ids: list[int] = field(default_factory=list)
+    peer_c_pk: list[bytes] = field(default_factory=list)
+    peer_s_pk: list[bytes] = field(default_factory=list)
+    share_src: list[int] = field(default_factory=list)
+    share_b: list[bytes] = field(default_factory=list)
+    share_sk: list[bytes] = field(default_factory=list)
+    masked_with: list[int] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+    revealed_b: list[int] = field(default_factory=list)
+    revealed_sk: list[int] = field(default_factory=list)
+
+    # ----------------------------------------------------------------- state
+    def to_state(self) -> dict[str, Any]:
+        """Return the client's state as ConfigRecord-compatible values (keeps secrets!).
+
+        The dict must stay on the node (``context.state``): it holds private keys.
+        """
+        state: dict[str, Any] = dict(self.config.to_dict())
+        for f in fields(self):
+            if f.name != "config":
+                state[f.name] = getattr(self, f.name)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SecAggClient:
+        """Rebuild a client saved with ``to_state`` (lists may come back as any sequence)."""
+        kwargs: dict[str, Any] = {"config": SecAggConfig.from_dict(state)}
+        for f in fields(cls):
+            if f.name == "config":
+                continue
+            value = state[f.name]
+            kwargs[f.name] = list(value) if isinstance(value, list | tuple) else value
+        return cls(**kwargs)
+
+    # ---------------------------------------------------------------- stages
+    @classmethod
+    def setup(cls, payload: Payload) -> tuple[SecAggClient, Payload]:
+        """Start a round: check the config, draw fresh keys, reply with signed public keys."""
+        who = "coordinator (setup)"
+        messages.check_stage(payload, Stage.SETUP, None, who)
+        round_id = messages.get(payload, messages.ROUND, bytes, who)
+        if len(round_id) != ROUND_ID_BYTES:
+            raise MalformedPayloadError(f"{who}: round id must be {ROUND_ID_BYTES} bytes")
+        client_id = messages.get(payload, messages.CLIENT_ID, int, who)
+        config = SecAggConfig.from_dict(payload)
+        c_sk, c_pk = crypto.x25519_keypair()
+        s_sk, s_pk = crypto.x25519_keypair()
+        sig_sk, sig_pk = crypto.ed25519_keypair()
+        b_seed = crypto.random_seed()
+        client = cls(
+            config, round_id, client_id, Stage.SHARE_KEYS.value, c_sk, s_sk, sig_sk, sig_pk, b_seed
+        )
+        commit = client._b_commit()
+        reply = {
+            messages.STAGE: Stage.SETUP.value,
+            messages.ROUND: round_id,
+            messages.C_PK: c_pk,
+            messages.S_PK: s_pk,
+            messages.SIG_PK: sig_pk,
+            messages.B_COMMIT: commit,
+            messages.SIG: crypto.sign(
+                sig_sk, messages.bundle_message(round_id, client_id, c_pk, s_pk, commit)
+            ),
+        }
+        return client, reply
+
+    def handle(self, payload: Payload, update: np.ndarray | None = None, weight: int = 1):
+        """Answer any stage after setup; ``update`` and ``weight`` feed the masked-input stage."""
+        stage = payload.get(messages.STAGE)
+        if stage == Stage.SHARE_KEYS:
+            return self.share_keys(payload)
+        if stage == Stage.MASKED_INPUT:
+            if update is None:
+                raise ValueError("the masked-input stage needs the client's update")
+            return self.masked_input(payload, update, weight)
+        if stage == Stage.CONSISTENCY:
+            return self.consistency(payload)
+        if stage == Stage.UNMASK:
+            return self.unmask(payload)
+        raise MalformedPayloadError(f"coordinator: unknown or out-of-place stage {stage!r}")
+
+    def share_keys(self, payload: Payload) -> Payload:
+        """Check the neighbourhood and peers' keys, then send each neighbour encrypted shares."""
+        who = self._enter(payload, Stage.SHARE_KEYS)
+        participants = messages.get(payload, messages.PARTICIPANTS, list[int], who)
+        sig_pks = messages.get(payload, messages.SIG_PKS, list[bytes], who)
+        if len(set(participants)) != len(participants) or len(sig_pks) != len(participants):
+            raise MalformedPayloadError(f"{who}: participants and signing keys do not match")
+        if self.client_id not in participants:
+            self._refuse("the participant list leaves me out")
+        if len(participants) > self.config.num_clients:
+            self._refuse(f"{len(participants)} participants exceed the configured maximum")
+        if len(participants) <= self.config.threshold:
+            raise RoundFailedError(
+                f"{who}: {len(participants)} participants cannot reach threshold "
+                f"{self.config.threshold} of shares"
+            )
+        directory = dict(zip(participants, sig_pks, strict=True))
+        if directory[self.client_id] != self.sig_pk:
+            self._refuse("the coordinator replaced my signing key in the directory")
+        expected = neighbours(participants, self.config.degree, self.round_id)[self.client_id]
+        peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
+        if peer_ids != expected:
+            self._refuse("the neighbours sent are not my neighbours in the round's public graph")
+        peer_c_pk = messages.get(payload, messages.PEER_C_PK, list[bytes], who)
+        peer_s_pk = messages.get(payload, messages.PEER_S_PK, list[bytes], who)
+        commits = messages.get(payload, messages.PEER_B_COMMIT, list[bytes], who)
+        sigs = messages.get(payload, messages.PEER_SIG, list[bytes], who)
+        if not len(peer_ids) == len(peer_c_pk) == len(peer_s_pk) == len(commits) == len(sigs):
+            raise MalformedPayloadError(f"{who}: peer key lists differ in length")
+        for peer, c_pk, s_pk, commit, sig in zip(
+            peer_ids, peer_c_pk, peer_s_pk, commits, sigs, strict=True
+        ):
+            signed = messages.bundle_message(self.round_id, peer, c_pk, s_pk, commit)
+            if not crypto.verify(directory[peer], sig, signed):
+                raise AuthenticationError(f"{who}: the public keys of client {peer} are not signed")
+        self.participants, self.sig_pks = list(participants), list(sig_pks)
+        self.peer_ids, self.peer_c_pk, self.peer_s_pk = peer_ids, peer_c_pk, peer_s_pk
+        points = [share_point(p) for p in peer_ids]
+        b_shares = shamir.split(self.b_seed, points, self.config.threshold)
+        sk_shares = shamir.split(self.s_sk, points, self.config.threshold)
+        ciphertexts = [
+            crypto.encrypt(
+                self._enc_key(peer),
+                messages.id_bytes(self.client_id, peer) + b_share + sk_share,
+                messages.share_aad(self.round_id, self.client_id, peer),
+            )
+            for peer, b_share, sk_share in zip(peer_ids, b_shares, sk_shares, strict=True)
+        ]
+        self.next_stage = Stage.MASKED_INPUT.value
+        body = {messages.DST_IDS: peer_ids, messages.CIPHERTEXTS: ciphertexts}
+        return self._reply(Stage.SHARE_KEYS, body)
+
+    def masked_input(self, payload: Payload, update: np.ndarray, weight: int) -> Payload:
+        """Store the shares meant for me and send the quantised update under all masks."""
+        who = self._enter(payload, Stage.MASKED_INPUT)
+        length = messages.get(payload, messages.LENGTH, int, who)
+        update = np.asarray(update).ravel()
+        if update.size != length:
+            raise MalformedPayloadError(
+                f"{who}: my update has {update.size} values but the round expects {length}"
+            )
+        src_ids = messages.get(payload, messages.SRC_IDS, list[int], who)
+        cts = messages.get(payload, messages.CIPHERTEXTS, list[bytes], who)
+        if len(src_ids) != len(cts) or len(set(src_ids)) != len(src_ids):
+            raise MalformedPayloadError(f"{who}: senders and ciphertexts do not match")
+        if strangers := set(src_ids) - set(self.peer_ids):
+            self._refuse(f"shares from non-neighbours {sorted(strangers)}")
+        if len(src_ids) < self.config.threshold:
+            raise RoundFailedError(
+                f"{who}: only {len(src_ids)} neighbours are left, fewer than the threshold "
+                f"{self.config.threshold}: my input could not stay hidden"
+            )
+        for src, ct in zip(src_ids, cts, strict=True):
+            plain = crypto.decrypt(
+                self._enc_key(src),
+                ct,
+                messages.share_aad(self.round_id, src, self.client_id),
+                f"{who}: shares from client {src}",
+            )
+            if len(plain) != 16 + 2 * _SHARE_BYTES or plain[:16] != messages.id_bytes(
+                src, self.client_id
+            ):
+                raise AuthenticationError(f"{who}: shares from client {src} are mislabelled")
+            self.share_src.append(src)
+            self.share_b.append(plain[16 : 16 + _SHARE_BYTES])
+            self.share_sk.append(plain[16 + _SHARE_BYTES :])
+        masked = quantize(update, weight, self.config)
+        masked += crypto.expand_mask(self._self_mask_key(), masked.size, masked.dtype)
+        for src in src_ids:
+            mask = crypto.expand_mask(self._pair_mask_key(src), masked.size, masked.dtype)
+            if self.client_id < src:
+                masked += mask
+            else:
+                masked -= mask
+        self.masked_with = sorted(src_ids)
+        self.next_stage = Stage.CONSISTENCY.value
+        return self._reply(Stage.MASKED_INPUT, {messages.MASKED: masked})
+
+    def consistency(self, payload: Payload) -> Payload:
+        """Sign the survivor set once, after checking it agrees with what I know."""
+        who = self._enter(payload, Stage.CONSISTENCY)
+        survivors = messages.get(payload, messages.SURVIVORS, list[int], who)
+        if len(set(survivors)) != len(survivors):
+            raise MalformedPayloadError(f"{who}: the survivor set repeats clients")
+        if self.client_id not in survivors:
+            self._refuse("the survivor set leaves me out although I sent my input")
+        if outsiders := set(survivors) - set(self.participants):
+            self._refuse(f"survivors {sorted(outsiders)} never took part in the round")
+        if ghosts := (set(survivors) & set(self.peer_ids)) - set(self.masked_with):
+            self._refuse(f"neighbours {sorted(ghosts)} 'survived' without sending me shares")
+        if len(survivors) < self.config.threshold:
+            raise RoundFailedError(
+                f"{who}: {len(survivors)} survivors are fewer than the threshold "
+                f"{self.config.threshold}: their sum could expose single inputs"
+            )
+        self.survivors = sorted(survivors)
+        self.next_stage = Stage.UNMASK.value
+        signature = crypto.sign(
+            self.sig_sk, messages.survivors_message(self.round_id, self.survivors)
+        )
+        return self._reply(Stage.CONSISTENCY, {messages.SIG: signature})
+
+    def unmask(self, payload: Payload) -> Payload:
+        """Reveal self-mask shares of survivors and pairwise-key shares of dropped peers."""
+        who = self._enter(payload, Stage.UNMASK)
+        survivors = messages.get(payload, messages.SURVIVORS, list[int], who)
+        if sorted(survivors) != self.survivors:
+            self._refuse("the survivor set differs from the one I signed")
+        self._check_signatures(payload, who)
+        alive = messages.get(payload, messages.ALIVE, list[int], who)
+        dead = messages.get(payload, messages.DEAD, list[int], who)
+        if both := set(alive) & set(dead):
+            self._refuse(f"it lists clients {sorted(both)} as both dropped and surviving")
+        if fake := set(alive) - set(self.survivors):
+            self._refuse(f"it asks self-mask shares of {sorted(fake)}, not in the signed survivors")
+        if fake := set(dead) & set(self.survivors):
+            self._refuse(f"it asks pairwise-key shares of signed survivors {sorted(fake)}")
+        if both := (set(alive) & set(self.revealed_sk)) | (set(dead) & set(self.revealed_b)):
+            self._refuse(f"it already received the other kind of share of {sorted(both)}")
+        held = dict(zip(self.share_src, zip(self.share_b, self.share_sk, strict=True), strict=True))
+        if unknown := (set(alive) | set(dead)) - set(held):
+            raise MalformedPayloadError(f"{who}: I hold no shares of clients {sorted(unknown)}")
+        self.revealed_b = sorted(set(self.revealed_b) | set(alive))
+        self.revealed_sk = sorted(set(self.revealed_sk) | set(dead))
+        return self._reply(
+            Stage.UNMASK,
+            {
+                messages.ALIVE: alive,
+                messages.B_SHARES: [held[c][0] for c in alive],
+                messages.DEAD: dead,
+                messages.SK_SHARES: [held[c][1] for c in dead],
+            },
+        )
+
+    # --------------------------------------------------------------- helpers
+    def _enter(self, payload: Payload, stage: Stage) -> str:
+        who = f"coordinator ({stage})"
+        if self.next_stage != stage.value:
+            raise MalformedPayloadError(f"{who}: out of order, expected stage '{self.next_stage}'")
+        messages.check_stage(payload, stage, self.round_id, who)
+        return who
+
+    def _refuse(self, reason: str) -> None:
+        logger.warning("secagg client %s refuses the coordinator: %s", self.client_id, reason)
+        raise CoordinatorMisbehaviourError(f"client {self.client_id} refuses: {reason}")
+
+    def _check_signatures(self, payload: Payload, who: str) -> None:
+        signer_ids = messages.get(payload, messages.SIGNER_IDS, list[int], who)
+        signatures = messages.get(payload, messages.SIGNATURES, list[bytes], who)
+        directory = dict(zip(self.participants, self.sig_pks, strict=True))
+        signed = messages.survivors_message(self.round_id, self.survivors)
+        valid = {
+            signer
+            for signer, sig in zip(signer_ids, signatures, strict=False)
+            if signer in self.survivors and crypto.verify(directory[signer], sig, signed)
+        }
+        if len(valid) < self.config.threshold:
+            self._refuse(
+                f"only {len(valid)} valid signatures of the survivor set, "
+                f"threshold is {self.config.threshold}"
+            )
+
+    def _reply(self, stage: Stage, body: Payload) -> Payload:
+        return {messages.STAGE: stage.value, messages.ROUND: self.round_id, **body}
+
+    def _b_commit(self) -> bytes:
+        return commit_self_mask(self.b_seed, self.round_id, self.client_id)
+
+    def _self_mask_key(self) -> bytes:
+        return self_mask_key(self.b_seed, self.round_id, self.client_id)
+
+    def _peer(self, peer: int) -> int:
+        return self.peer_ids.index(peer)
+
+    def _enc_key(self, peer: int) -> bytes:
+        lo, hi = sorted((self.client_id, peer))
+        info = messages.info(b"share-encryption", self.round_id, lo, hi)
+        return crypto.derive_key(self.c_sk, self.peer_c_pk[self._peer(peer)], info)
+
+    def _pair_mask_key(self, peer: int) -> bytes:
+        peer_s_pk = self.peer_s_pk[self._peer(peer)]
+        return pair_mask_key(self.s_sk, peer_s_pk, self.round_id, self.client_id, peer)

@@ -1,0 +1,81 @@
+"""Carry SecAgg+ stages over Flower's Message API.
+
+How a Message-API ClientApp serves a multi-stage protocol (flwr 1.42, ``flwr/clientapp/
+client_app.py``): a message type is ``"<category>.<action>"`` with category ``train``,
+``evaluate`` or ``query`` and any Python identifier as action, and ``@app.query("secagg_setup")``
+registers the handler of ``"query.secagg_setup"``. The ServerApp sends one message per node and
+stage with ``grid.send_and_receive(messages, timeout=...)`` and gets back only the replies that
+arrived (an error reply or a timeout is a dropout). The ClientApp process may be a fresh one for
+every message, so the client's secrets live in ``context.state`` (a RecordDict kept on the
+node, never sent) between stages: ``save_client`` / ``load_client`` below.
+
+The masked-input stage is a ``train`` message: it brings the global adapter, the client trains,
+and the reply carries the masked vector in place of the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from .client import SecAggClient
+from .errors import MalformedPayloadError
+from .messages import Payload, Stage
+
+MESSAGE_TYPES = {
+    Stage.SETUP: "query.secagg_setup",
+    Stage.SHARE_KEYS: "query.secagg_share_keys",
+    Stage.MASKED_INPUT: "train.secagg_masked_input",
+    Stage.CONSISTENCY: "query.secagg_consistency",
+    Stage.UNMASK: "query.secagg_unmask",
+}
+SECAGG_CONFIG = "secagg"  # ConfigRecord: every scalar / list value of a payload
+SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord: numpy values (the masked vector)
+SECAGG_STATE = "secagg-state"  # ConfigRecord in context.state: the client's secrets
+
+
+def stage_of(message_type: str) -> Stage:
+    """Return the stage a message type carries, or raise MalformedPayloadError."""
+    for stage, name in MESSAGE_TYPES.items():
+        if name == message_type:
+            return stage
+    raise MalformedPayloadError(f"message type {message_type!r} is no secure-aggregation stage")
+
+
+def payload_to_recorddict(payload: Payload, into: RecordDict | None = None) -> RecordDict:
+    """Store a payload in a RecordDict (adding to ``into``, e.g. next to the global adapter)."""
+    content = into if into is not None else RecordDict()
+    arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
+    content[SECAGG_CONFIG] = ConfigRecord(
+        {k: v for k, v in payload.items() if k not in arrays}, keep_input=True
+    )
+    if arrays:
+        content[SECAGG_ARRAYS] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}, keep_input=True
+        )
+    return content
+
+
+def recorddict_to_payload(content: RecordDict) -> Payload:
+    """Return the payload stored by ``payload_to_recorddict``."""
+    if SECAGG_CONFIG not in content:
+        raise MalformedPayloadError(f"the message has no '{SECAGG_CONFIG}' ConfigRecord")
+    payload: dict[str, Any] = dict(content.config_records[SECAGG_CONFIG])
+    if SECAGG_ARRAYS in content:
+        for key, array in content.array_records[SECAGG_ARRAYS].items():
+            payload[key] = array.numpy()
+    return payload
+
+
+def save_client(state: RecordDict, client: SecAggClient) -> None:
+    """Keep a client's round state in the node's ``context.state``."""
+    state[SECAGG_STATE] = ConfigRecord(client.to_state())
+
+
+def load_client(state: RecordDict) -> SecAggClient:
+    """Rebuild the client saved by ``save_client`` (a stage came before its setup otherwise)."""
+    if SECAGG_STATE not in state:
+        raise MalformedPayloadError("no secure-aggregation state on this node: setup never ran")
+    return SecAggClient.from_state(dict(state.config_records[SECAGG_STATE]))

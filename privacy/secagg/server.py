@@ -1,0 +1,368 @@
+"""The coordinator side of SecAgg+: a transport-free state machine over the five stages.
+
+Usage, whatever carries the messages::
+
+    server = SecAggServer(config, client_ids, length)
+    while not server.done:
+        replies = send_and_collect(server.requests())   # {client id: payload}
+        server.receive(replies)                         # missing ids count as dropped
+    result = server.result()
+
+A client that does not answer, or answers with a malformed or unauthenticated payload, is
+dropped at that stage (the reason is kept in ``rejected``); the round goes on while every
+needed secret still has ``threshold`` shares, and fails with RoundFailedError otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedvlm.errors import ConfigError
+
+from . import crypto, messages, shamir
+from .client import ROUND_ID_BYTES, share_point
+from .config import KEYS, SecAggConfig
+from .errors import AuthenticationError, MalformedPayloadError, RoundFailedError, SecAggError
+from .graph import neighbours
+from .masking import commit_self_mask, pair_mask_key, self_mask_key
+from .messages import Payload, Stage
+from .quantize import dequantize
+
+logger = logging.getLogger(__name__)
+
+_SECRET_BYTES = crypto.KEY_BYTES
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """What the coordinator learns: the weighted sum of the survivors' updates, nothing else.
+
+    Attributes
+    ----------
+    weighted_sum : np.ndarray
+        ``sum_i w_i * update_i`` over the survivors (float64, flat).
+    total_weight : int
+        ``sum_i w_i`` over the survivors.
+    survivors : list of int
+        Clients whose inputs are in the sum.
+    dropped : dict
+        Stage name -> clients that dropped (or were rejected) at that stage.
+    rejected : dict
+        Client id -> why its reply was refused.
+    """
+
+    weighted_sum: np.ndarray
+    total_weight: int
+    survivors: list[int]
+    dropped: dict[str, list[int]]
+    rejected: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Return the weighted mean update."""
+        if self.total_weight == 0:
+            raise RoundFailedError("the survivors carry zero total weight")
+        return self.weighted_sum / self.total_weight
+
+
+@dataclass
+class _Bundle:
+    c_pk: bytes
+    s_pk: bytes
+    sig_pk: bytes
+    commit: bytes
+    sig: bytes
+
+
+class SecAggServer:
+    """Drive one round of SecAgg+ over ``client_ids`` for updates of ``length`` values.
+
+    Parameters
+    ----------
+    config : SecAggConfig
+        Shared parameters; ``config.num_clients`` must cover ``client_ids``.
+    client_ids : list of int
+        Distinct ids below 2^64 (Flower node ids work as they are).
+    length : int
+        Number of values in each client's flat update.
+    round_id : bytes, optional
+        16 public random bytes naming the round (drawn fresh when omitted).
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        client_ids: list[int],
+        length: int,
+        *,
+        round_id: bytes | None = None,
+    ) -> None:
+        ids = sorted(client_ids)
+        if len(set(ids)) != len(ids) or not all(0 <= c < 1 << 64 for c in ids):
+            raise ValueError("client ids must be distinct integers in [0, 2^64)")
+        if len(ids) > config.num_clients:
+            raise ConfigError(
+                KEYS["num_clients"],
+                f"{len(ids)} clients sampled but the modulus is sized for {config.num_clients}",
+            )
+        if length < 1:
+            raise ValueError("updates must hold at least one value")
+        self.config = config
+        self.length = length
+        self.round_id = round_id or os.urandom(ROUND_ID_BYTES)
+        self.stage: Stage | None = Stage.SETUP
+        self.active = ids
+        self.dropped: dict[str, list[int]] = {s.value: [] for s in Stage}
+        self.rejected: dict[int, str] = {}
+        self._bundles: dict[int, _Bundle] = {}
+        self._graph: dict[int, list[int]] = {}
+        self._u2: set[int] = set()
+        self._mailbox: dict[int, dict[int, bytes]] = {}
+        self._survivors: list[int] = []
+        self._survivor_set: set[int] = set()
+        self._total: np.ndarray | None = None
+        self._signatures: dict[int, bytes] = {}
+        self._requested: dict[int, tuple[list[int], list[int]]] = {}
+        self._b_shares: dict[int, list[tuple[int, bytes]]] = {}
+        self._sk_shares: dict[int, list[tuple[int, bytes]]] = {}
+        self._result: SecAggResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """Return whether the round has finished (``result()`` is ready)."""
+        return self.stage is None
+
+    # -------------------------------------------------------------- requests
+    def requests(self) -> dict[int, Payload]:
+        """Return the payload to send each active client at the current stage."""
+        if self.stage is None:
+            return {}
+        build = {
+            Stage.SETUP: self._setup_request,
+            Stage.SHARE_KEYS: self._share_keys_request,
+            Stage.MASKED_INPUT: self._masked_input_request,
+            Stage.CONSISTENCY: self._consistency_request,
+            Stage.UNMASK: self._unmask_request,
+        }[self.stage]
+        header = {messages.STAGE: self.stage.value, messages.ROUND: self.round_id}
+        return {c: {**header, **build(c)} for c in self.active}
+
+    def _setup_request(self, cid: int) -> Payload:
+        return {messages.CLIENT_ID: cid, **self.config.to_dict()}
+
+    def _share_keys_request(self, cid: int) -> Payload:
+        peers = self._graph[cid]
+        return {
+            messages.PARTICIPANTS: self.active,
+            messages.SIG_PKS: [self._bundles[c].sig_pk for c in self.active],
+            messages.PEER_IDS: peers,
+            messages.PEER_C_PK: [self._bundles[p].c_pk for p in peers],
+            messages.PEER_S_PK: [self._bundles[p].s_pk for p in peers],
+            messages.PEER_B_COMMIT: [self._bundles[p].commit for p in peers],
+            messages.PEER_SIG: [self._bundles[p].sig for p in peers],
+        }
+
+    def _masked_input_request(self, cid: int) -> Payload:
+        box = self._mailbox.get(cid, {})
+        src = [p for p in self._graph[cid] if p in self._u2 and p in box]
+        return {
+            messages.LENGTH: self.length,
+            messages.SRC_IDS: src,
+            messages.CIPHERTEXTS: [box[p] for p in src],
+        }
+
+    def _consistency_request(self, cid: int) -> Payload:
+        return {messages.SURVIVORS: self._survivors}
+
+    def _unmask_request(self, cid: int) -> Payload:
+        held = [p for p in self._graph[cid] if p in self._u2]
+        alive = [p for p in held if p in self._survivor_set]
+        dead = [p for p in held if p not in self._survivor_set]
+        self._requested[cid] = (alive, dead)
+        signers = sorted(self._signatures)
+        return {
+            messages.SURVIVORS: self._survivors,
+            messages.SIGNER_IDS: signers,
+            messages.SIGNATURES: [self._signatures[s] for s in signers],
+            messages.ALIVE: alive,
+            messages.DEAD: dead,
+        }
+
+    # --------------------------------------------------------------- replies
+    def receive(self, replies: dict[int, Payload]) -> None:
+        """Consume the replies of the current stage and move to the next one.
+
+        Clients absent from ``replies``, or whose reply fails validation, are dropped.
+        """
+        if self.stage is None:
+            raise SecAggError("the round is over")
+        stage = self.stage
+        check = {
+            Stage.SETUP: self._check_setup,
+            Stage.SHARE_KEYS: self._check_share_keys,
+            Stage.MASKED_INPUT: self._check_masked_input,
+            Stage.CONSISTENCY: self._check_consistency,
+            Stage.UNMASK: self._check_unmask,
+        }[stage]
+        kept = []
+        for cid in self.active:
+            reply = replies.get(cid)
+            if reply is None:
+                self.dropped[stage.value].append(cid)
+                continue
+            who = f"client {cid} ({stage})"
+            try:
+                messages.check_stage(reply, stage, self.round_id, who)
+                check(cid, reply, who)
+            except SecAggError as err:
+                logger.warning("secagg: dropping %s", err)
+                self.rejected[cid] = str(err)
+                self.dropped[stage.value].append(cid)
+                continue
+            kept.append(cid)
+        self.active = kept
+        advance = {
+            Stage.SETUP: self._after_setup,
+            Stage.SHARE_KEYS: self._after_share_keys,
+            Stage.MASKED_INPUT: self._after_masked_input,
+            Stage.CONSISTENCY: self._after_consistency,
+            Stage.UNMASK: self._after_unmask,
+        }[stage]
+        advance()
+
+    def _check_setup(self, cid: int, reply: Payload, who: str) -> None:
+        keys = (messages.C_PK, messages.S_PK, messages.SIG_PK, messages.B_COMMIT, messages.SIG)
+        bundle = _Bundle(*(messages.get(reply, k, bytes, who) for k in keys))
+        signed = messages.bundle_message(
+            self.round_id, cid, bundle.c_pk, bundle.s_pk, bundle.commit
+        )
+        if not crypto.verify(bundle.sig_pk, bundle.sig, signed):
+            raise AuthenticationError(f"{who}: key bundle signature does not verify")
+        self._bundles[cid] = bundle
+
+    def _after_setup(self) -> None:
+        self._require(len(self.active) > self.config.threshold, "completed setup")
+        self._graph = neighbours(self.active, self.config.degree, self.round_id)
+        self.stage = Stage.SHARE_KEYS
+
+    def _check_share_keys(self, cid: int, reply: Payload, who: str) -> None:
+        dst = messages.get(reply, messages.DST_IDS, list[int], who)
+        cts = messages.get(reply, messages.CIPHERTEXTS, list[bytes], who)
+        if dst != self._graph[cid] or len(cts) != len(dst):
+            raise MalformedPayloadError(f"{who}: shares are not addressed to its neighbours")
+        for peer, ct in zip(dst, cts, strict=True):
+            self._mailbox.setdefault(peer, {})[cid] = ct
+
+    def _after_share_keys(self) -> None:
+        self._u2 = set(self.active)
+        self._require(len(self.active) >= self.config.threshold, "shared their keys")
+        self.stage = Stage.MASKED_INPUT
+
+    def _check_masked_input(self, cid: int, reply: Payload, who: str) -> None:
+        masked = messages.get(reply, messages.MASKED, np.ndarray, who)
+        expected = (self.length + 1,)
+        if masked.shape != expected or masked.dtype != self.config.dtype:
+            raise MalformedPayloadError(
+                f"{who}: masked vector is {masked.dtype}{list(masked.shape)}, expected "
+                f"{self.config.dtype}{list(expected)}"
+            )
+        if self._total is None:
+            self._total = masked.copy()
+        else:
+            self._total += masked
+
+    def _after_masked_input(self) -> None:
+        self._survivors = list(self.active)
+        self._survivor_set = set(self._survivors)
+        self._require(len(self._survivors) >= self.config.threshold, "sent masked inputs")
+        self.stage = Stage.CONSISTENCY
+
+    def _check_consistency(self, cid: int, reply: Payload, who: str) -> None:
+        sig = messages.get(reply, messages.SIG, bytes, who)
+        signed = messages.survivors_message(self.round_id, self._survivors)
+        if not crypto.verify(self._bundles[cid].sig_pk, sig, signed):
+            raise AuthenticationError(f"{who}: signature of the survivor set does not verify")
+        self._signatures[cid] = sig
+
+    def _after_consistency(self) -> None:
+        self._require(len(self._signatures) >= self.config.threshold, "signed the survivor set")
+        self.stage = Stage.UNMASK
+
+    def _check_unmask(self, cid: int, reply: Payload, who: str) -> None:
+        alive, dead = self._requested[cid]
+        if (
+            messages.get(reply, messages.ALIVE, list[int], who) != alive
+            or messages.get(reply, messages.DEAD, list[int], who) != dead
+        ):
+            raise MalformedPayloadError(f"{who}: answered other peers than requested")
+        b_shares = messages.get(reply, messages.B_SHARES, list[bytes], who)
+        sk_shares = messages.get(reply, messages.SK_SHARES, list[bytes], who)
+        if len(b_shares) != len(alive) or len(sk_shares) != len(dead):
+            raise MalformedPayloadError(f"{who}: share lists do not match the requests")
+        point = share_point(cid)
+        for peer, share in zip(alive, b_shares, strict=True):
+            self._b_shares.setdefault(peer, []).append((point, share))
+        for peer, share in zip(dead, sk_shares, strict=True):
+            self._sk_shares.setdefault(peer, []).append((point, share))
+
+    def _after_unmask(self) -> None:
+        assert self._total is not None
+        total = self._total
+        dtype = total.dtype
+        for u in self._survivors:
+            b_seed = self._rebuild(u, self._b_shares, "self-mask seed")
+            if commit_self_mask(b_seed, self.round_id, u) != self._bundles[u].commit:
+                raise RoundFailedError(f"the rebuilt self-mask seed of client {u} is wrong")
+            total -= crypto.expand_mask(self_mask_key(b_seed, self.round_id, u), total.size, dtype)
+        for v in sorted(self._u2 - self._survivor_set):
+            partners = [u for u in self._graph[v] if u in self._survivor_set]
+            if not partners:
+                continue
+            s_sk = self._rebuild(v, self._sk_shares, "pairwise key")
+            if crypto.x25519_public(s_sk) != self._bundles[v].s_pk:
+                raise RoundFailedError(f"the rebuilt pairwise key of dropped client {v} is wrong")
+            for u in partners:
+                key = pair_mask_key(s_sk, self._bundles[u].s_pk, self.round_id, v, u)
+                mask = crypto.expand_mask(key, total.size, dtype)
+                if u < v:  # u added this mask
+                    total -= mask
+                else:
+                    total += mask
+        weighted, weight = dequantize(total, self.config)
+        self._result = SecAggResult(
+            weighted_sum=weighted,
+            total_weight=weight,
+            survivors=list(self._survivors),
+            dropped={k: list(v) for k, v in self.dropped.items()},
+            rejected=dict(self.rejected),
+        )
+        self._total = None
+        self.stage = None
+
+    def _rebuild(self, cid: int, shares: dict[int, list[tuple[int, bytes]]], what: str) -> bytes:
+        got = shares.get(cid, [])
+        if len(got) < self.config.threshold:
+            raise RoundFailedError(
+                f"only {len(got)} shares of the {what} of client {cid} came back; "
+                f"{self.config.threshold} are needed (too many dropouts)"
+            )
+        got = got[: self.config.threshold]
+        return shamir.combine([p for p, _ in got], [s for _, s in got], _SECRET_BYTES)
+
+    def _require(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.stage = None
+            raise RoundFailedError(
+                f"only {len(self.active)} clients {what}; the threshold is "
+                f"{self.config.threshold}: the round cannot complete safely"
+            )
+
+    def result(self) -> SecAggResult:
+        """Return the unmasked weighted sum (after the unmask stage)."""
+        if self._result is None:
+            raise SecAggError(f"the round is not finished (stage {self.stage})")
+        return self._result

@@ -11,11 +11,27 @@ from collections.abc import Callable
 
 from fedvlm.errors import ConfigError
 from strategies.base import AdapterStrategy, require_linear
+from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
+from strategies.fedyogi import FedYogi
+from strategies.ffa import FFALoRA
+from strategies.flora import FLoRA
+from strategies.hetlora import HetLoRA
+from strategies.median import Median
+from strategies.trimmed_mean import TrimmedMean
 from strategies.validation import Rejection
 
 STRATEGIES: dict[str, Callable[..., AdapterStrategy]] = {
     "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "ffa-lora": FFALoRA,
+    "hetlora": HetLoRA,
+    "flora": FLoRA,
+    "trimmed-mean": TrimmedMean,
+    "median": Median,
 }
 
 
@@ -49,8 +65,16 @@ def build_strategy(name: str, **kwargs: object) -> AdapterStrategy:
 __all__ = [
     "STRATEGIES",
     "AdapterStrategy",
+    "FFALoRA",
+    "FLoRA",
+    "FedAdam",
     "FedAvg",
+    "FedProx",
+    "FedYogi",
+    "HetLoRA",
+    "Median",
     "Rejection",
+    "TrimmedMean",
     "build_strategy",
     "require_linear",
 ]

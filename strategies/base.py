@@ -18,6 +18,7 @@ Sampling, message construction and metric aggregation are Flower's FedAvg, uncha
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -68,6 +69,11 @@ class AdapterStrategy(FedAvg, ABC):
     ----------
     max_update_norm : float or None (default: None)
         Replies whose update has a larger L2 norm are rejected (None: no bound).
+    clip_update_norm : float or None (default: None)
+        Norm bounding (Sun et al., 2019): accepted updates with a larger L2 norm are
+        scaled down to it before combining, which limits what one site can do to the
+        global adapter without discarding its work. Needs individual updates, so it
+        makes the strategy non-linear (None: no clipping).
     **fedavg_kwargs
         Passed to Flower's `FedAvg` (``fraction_train``, ``min_train_nodes``, ...).
         The record and weight keys are fixed to the fedvlm contract.
@@ -76,18 +82,28 @@ class AdapterStrategy(FedAvg, ABC):
     ----------
     linear : bool
         True when the combined update is the weighted mean of the updates, so the
-        strategy can run from a sum of updates (secure aggregation, central DP).
+        strategy can run from a sum of updates (secure aggregation, central DP). False
+        for rules that need each update (median, trimmed mean, stacking) and whenever
+        ``clip_update_norm`` is set.
     last_rejections : list[Rejection]
         Replies refused by the last `aggregate_train`, with reasons (for the ledger).
     """
 
-    linear: ClassVar[bool] = True
+    linear_in_updates: ClassVar[bool] = True
 
-    def __init__(self, *, max_update_norm: float | None = None, **fedavg_kwargs: object) -> None:
-        if max_update_norm is not None and not max_update_norm > 0:
-            raise ConfigError(
-                "max-update-norm", f"must be positive or unset, got {max_update_norm}"
-            )
+    def __init__(
+        self,
+        *,
+        max_update_norm: float | None = None,
+        clip_update_norm: float | None = None,
+        **fedavg_kwargs: object,
+    ) -> None:
+        for key, bound in (
+            ("max-update-norm", max_update_norm),
+            ("clip-update-norm", clip_update_norm),
+        ):
+            if bound is not None and not bound > 0:
+                raise ConfigError(key, f"must be positive or unset, got {bound}")
         super().__init__(
             weighted_by_key=contract.NUM_EXAMPLES,
             arrayrecord_key=contract.ARRAYS,
@@ -95,9 +111,15 @@ class AdapterStrategy(FedAvg, ABC):
             **fedavg_kwargs,  # type: ignore[arg-type]
         )
         self.max_update_norm = max_update_norm
+        self.clip_update_norm = clip_update_norm
         self.last_rejections: list[Rejection] = []
         self.current_round = 0
         self.current_global: dict[str, np.ndarray] | None = None
+
+    @property
+    def linear(self) -> bool:
+        """Whether the new global depends on the updates only through their weighted sum."""
+        return self.linear_in_updates and self.clip_update_norm is None
 
     # --- the hooks a concrete strategy fills in -------------------------------------
 
@@ -123,6 +145,16 @@ class AdapterStrategy(FedAvg, ABC):
     def combine_updates(self, accepted: Sequence[AcceptedUpdate]) -> dict[str, np.ndarray]:
         """Combine accepted updates; the weighted mean unless a robust rule overrides it."""
         return weighted_mean([a.update for a in accepted], [a.num_examples for a in accepted])
+
+    def next_global(
+        self, server_round: int, accepted: Sequence[AcceptedUpdate]
+    ) -> dict[str, np.ndarray]:
+        """Next global adapter from the accepted updates: combine, then apply.
+
+        Strategies whose result is not "global + combined update" (stacking changes the
+        rank) override this instead of the two hooks.
+        """
+        return self.apply_mean_update(server_round, self.combine_updates(accepted))
 
     def update_spec(self) -> dict[str, TensorSpec]:
         """Layout every update must have this round: that of the global adapter sent."""
@@ -150,7 +182,9 @@ class AdapterStrategy(FedAvg, ABC):
         )
         if not accepted:
             return None, None
-        new_global = self._step(server_round, self.combine_updates(accepted))
+        if self.clip_update_norm is not None:
+            accepted = [clip_update(a, self.clip_update_norm) for a in accepted]
+        new_global = self._keep(server_round, self.next_global(server_round, accepted))
         metrics = self.train_metrics_aggr_fn(
             [_metrics_only(a.metrics) for a in accepted], self.weighted_by_key
         )
@@ -191,7 +225,7 @@ class AdapterStrategy(FedAvg, ABC):
         except InvalidUpdateError as err:
             raise AggregationError(f"update sum rejected ({err.check}): {err.reason}") from err
         mean = {k: np.asarray(v, dtype=np.float64) / total_weight for k, v in update_sum.items()}
-        return self._step(server_round, mean)
+        return self._keep(server_round, self.apply_mean_update(server_round, mean))
 
     # --- checkpointing --------------------------------------------------------------
 
@@ -221,15 +255,27 @@ class AdapterStrategy(FedAvg, ABC):
             )
         return self.current_global
 
-    def _step(self, server_round: int, mean_update: dict[str, np.ndarray]) -> ArrayRecord:
-        """Apply the combined update, keep the result as the current global, return it."""
+    def _keep(self, server_round: int, new_global: dict[str, np.ndarray]) -> ArrayRecord:
+        """Keep ``new_global`` (in the sent global's dtypes) as the current global; return it."""
         current = self._require_global()
-        new_global = self.apply_mean_update(server_round, mean_update)
         self.current_global = {
-            name: np.asarray(new_global[name], dtype=current[name].dtype) for name in current
+            name: np.asarray(tensor, dtype=current[name].dtype)
+            for name, tensor in new_global.items()
         }
         self.current_round = server_round
         return ArrayRecord({k: Array(v) for k, v in self.current_global.items()})
+
+
+def clip_update(accepted: AcceptedUpdate, max_norm: float) -> AcceptedUpdate:
+    """Scale an update down to L2 norm ``max_norm`` if it is larger (direction kept)."""
+    norm = float(
+        np.sqrt(sum(np.sum(np.square(t, dtype=np.float64)) for t in accepted.update.values()))
+    )
+    if norm <= max_norm:
+        return accepted
+    factor = max_norm / norm
+    scaled = {name: (t * factor).astype(t.dtype) for name, t in accepted.update.items()}
+    return replace(accepted, update=scaled)
 
 
 def require_linear(strategy: AdapterStrategy, reason: str) -> None:
@@ -251,7 +297,8 @@ def require_linear(strategy: AdapterStrategy, reason: str) -> None:
         raise ConfigError(
             "strategy",
             f"{type(strategy).__name__} needs each site's individual update, but {reason}; "
-            "choose a linear strategy (fedavg, fedprox, fedadam, fedyogi, ffa-lora, hetlora)",
+            "choose a linear strategy (fedavg, fedprox, fedadam, fedyogi, ffa-lora, hetlora) "
+            "without clip-update-norm",
         )
 
 

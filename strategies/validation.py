@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedvlm import contract
+from strategies.lora_factors import factor_of, partner, rank_axis
 
 # Names of the checks, as written to the ledger.
 CHECK_ERROR = "error-reply"
@@ -32,10 +33,35 @@ CHECK_NORM = "norm"
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape and dtype one tensor of an update must have."""
+    """Shape and dtype one tensor of an update must have.
+
+    Attributes
+    ----------
+    shape : tuple[int, ...]
+        Expected shape; on ``rank_axis`` it is the largest size allowed.
+    dtype : str
+        Expected numpy dtype name.
+    rank_axis : int or None
+        For heterogeneous LoRA ranks: the axis holding the rank, whose size may be any
+        value from 1 to ``shape[rank_axis]`` (a site with a smaller rank). None: the
+        shape must match exactly.
+    """
 
     shape: tuple[int, ...]
     dtype: str
+    rank_axis: int | None = None
+
+    def admits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an update tensor of ``shape`` fits this spec."""
+        if self.rank_axis is None or len(shape) != len(self.shape):
+            return shape == self.shape
+        axis = self.rank_axis
+        others_match = all(
+            got == want
+            for i, (got, want) in enumerate(zip(shape, self.shape, strict=True))
+            if i != axis
+        )
+        return others_match and 1 <= shape[axis] <= self.shape[axis]
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,14 @@ def spec_of(arrays: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
     return {name: TensorSpec(tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
 
 
+def variable_rank_spec(arrays: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+    """Layout for heterogeneous ranks: LoRA factors may have any rank up to the global's."""
+    return {
+        name: TensorSpec(tuple(a.shape), str(a.dtype), rank_axis(name))
+        for name, a in arrays.items()
+    }
+
+
 def check_update(
     update: Mapping[str, np.ndarray],
     spec: Mapping[str, TensorSpec],
@@ -112,9 +146,13 @@ def check_update(
     squared_norm = 0.0
     for name, expected in spec.items():
         tensor = update[name]
-        if tuple(tensor.shape) != expected.shape:
+        if not expected.admits(tuple(tensor.shape)):
+            bound = (
+                "" if expected.rank_axis is None else f" (rank axis {expected.rank_axis} at most)"
+            )
             raise InvalidUpdateError(
-                CHECK_SHAPE, f"tensor '{name}' has shape {tensor.shape}, expected {expected.shape}"
+                CHECK_SHAPE,
+                f"tensor '{name}' has shape {tensor.shape}, expected {expected.shape}{bound}",
             )
         if str(tensor.dtype) != expected.dtype:
             raise InvalidUpdateError(
@@ -123,11 +161,27 @@ def check_update(
         if not np.all(np.isfinite(tensor)):
             raise InvalidUpdateError(CHECK_FINITE, f"tensor '{name}' holds NaN or infinite values")
         squared_norm += float(np.sum(np.square(tensor, dtype=np.float64)))
+    _check_rank_pairs(update, spec)
     norm = math.sqrt(squared_norm)
     if max_norm is not None and norm > max_norm:
         raise InvalidUpdateError(
             CHECK_NORM, f"update L2 norm {norm:.6g} exceeds the bound {max_norm:g}"
         )
+
+
+def _check_rank_pairs(update: Mapping[str, np.ndarray], spec: Mapping[str, TensorSpec]) -> None:
+    """With variable ranks, each LoRA A must have the same rank as its B."""
+    for name_a, expected in spec.items():
+        if expected.rank_axis is None or factor_of(name_a) != "A":
+            continue
+        name_b = partner(name_a)
+        if name_b in spec and spec[name_b].rank_axis is not None:
+            rank_a = update[name_a].shape[expected.rank_axis]
+            rank_b = update[name_b].shape[spec[name_b].rank_axis]
+            if rank_a != rank_b:
+                raise InvalidUpdateError(
+                    CHECK_SHAPE, f"'{name_a}' has rank {rank_a} but '{name_b}' has rank {rank_b}"
+                )
 
 
 def _num_examples(metrics: MetricRecord) -> int:

@@ -17,6 +17,7 @@ Sampling, message construction and metric aggregation are Flower's FedAvg, uncha
 """
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import ClassVar
@@ -43,6 +44,7 @@ StateDict = dict[str, np.ndarray | float | int]
 
 _ROUND = "round"
 _GLOBAL = "global/"
+_REJECTIONS = "rejections/"
 
 
 def weighted_mean(
@@ -87,6 +89,9 @@ class AdapterStrategy(FedAvg, ABC):
         ``clip_update_norm`` is set.
     last_rejections : list[Rejection]
         Replies refused by the last `aggregate_train`, with reasons (for the ledger).
+    rejection_counts : collections.Counter[int]
+        Rejected replies per node over the whole run (checkpointed), so a site that
+        keeps sending bad updates can be reported.
     """
 
     linear_in_updates: ClassVar[bool] = True
@@ -113,6 +118,7 @@ class AdapterStrategy(FedAvg, ABC):
         self.max_update_norm = max_update_norm
         self.clip_update_norm = clip_update_norm
         self.last_rejections: list[Rejection] = []
+        self.rejection_counts: Counter[int] = Counter()
         self.current_round = 0
         self.current_global: dict[str, np.ndarray] | None = None
 
@@ -180,6 +186,7 @@ class AdapterStrategy(FedAvg, ABC):
         accepted, self.last_rejections = validate_replies(
             replies, self.update_spec(), self.max_update_norm
         )
+        self.rejection_counts.update(r.node_id for r in self.last_rejections)
         if not accepted:
             return None, None
         if self.clip_update_norm is not None:
@@ -232,19 +239,28 @@ class AdapterStrategy(FedAvg, ABC):
     def state_dict(self) -> StateDict:
         """Return everything a resumed run needs to continue bit-identically.
 
-        Flat keys: ``round``, ``global/<tensor>``, plus what subclasses add (server
-        optimizer moments). Values are numpy arrays or Python scalars, ready for
-        ``np.savez`` or a safetensors file.
+        Flat keys: ``round``, ``global/<tensor>``, ``rejections/<node id>``, plus what
+        subclasses add (server optimizer moments). Values are numpy arrays or Python
+        scalars, ready for ``np.savez``.
         """
         state: StateDict = {_ROUND: self.current_round}
         for name, tensor in (self.current_global or {}).items():
             state[_GLOBAL + name] = tensor.copy()
+        for node_id, count in self.rejection_counts.items():
+            state[f"{_REJECTIONS}{node_id}"] = count
         return state
 
     def load_state_dict(self, state: StateDict) -> None:
         """Restore what `state_dict` returned."""
         self.current_round = int(state[_ROUND])
-        self.current_global = _with_prefix(state, _GLOBAL) or None
+        self.current_global = arrays_with_prefix(state, _GLOBAL) or None
+        self.rejection_counts = Counter(
+            {
+                int(k[len(_REJECTIONS) :]): int(v)
+                for k, v in state.items()
+                if k.startswith(_REJECTIONS)
+            }
+        )
 
     # --- internals ------------------------------------------------------------------
 
@@ -307,8 +323,8 @@ def _metrics_only(metrics: MetricRecord) -> RecordDict:
     return RecordDict({contract.METRICS: metrics})
 
 
-def _with_prefix(state: StateDict, prefix: str) -> dict[str, np.ndarray]:
-    """Return the arrays of ``state`` whose key starts with ``prefix``, prefix removed."""
+def arrays_with_prefix(state: StateDict, prefix: str) -> dict[str, np.ndarray]:
+    """Return the arrays of ``state`` whose key starts with ``prefix``, prefix removed (copies)."""
     return {
         key[len(prefix) :]: np.asarray(value).copy()
         for key, value in state.items()

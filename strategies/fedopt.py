@@ -5,7 +5,7 @@ from abc import abstractmethod
 import numpy as np
 
 from fedvlm.errors import ConfigError
-from strategies.base import AdapterStrategy, StateDict
+from strategies.base import AdapterStrategy, StateDict, arrays_with_prefix
 
 _M, _V = "m/", "v/"
 
@@ -86,9 +86,5 @@ class FedOpt(AdapterStrategy):
     def load_state_dict(self, state: StateDict) -> None:
         """Restore the base state and the moments."""
         super().load_state_dict(state)
-        self.m_t = _prefixed(state, _M)
-        self.v_t = _prefixed(state, _V)
-
-
-def _prefixed(state: StateDict, prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)}
+        self.m_t = arrays_with_prefix(state, _M)
+        self.v_t = arrays_with_prefix(state, _V)

@@ -262,7 +262,9 @@ def validate_replies(
     Parameters
     ----------
     replies : Iterable[Message]
-        The round's train replies, error replies included.
+        The round's train replies. Error replies (a node that crashed or timed out) are
+        left out without a rejection: they are dropouts, which the coordinator records,
+        and counting them would flag flaky but honest sites as senders of bad updates.
     spec : Mapping[str, TensorSpec]
         Expected layout of every update.
     max_norm : float or None
@@ -276,6 +278,8 @@ def validate_replies(
     accepted: list[AcceptedUpdate] = []
     rejections: list[Rejection] = []
     for reply in replies:
+        if reply.has_error():
+            continue  # a dropout, not a bad update: the coordinator records it as dropped
         try:
             accepted.append(check_reply(reply, spec, max_norm))
         except InvalidUpdateError as err:

@@ -20,7 +20,6 @@ from fedvlm import contract
 from strategies import FedAvg
 from strategies.validation import (
     CHECK_DTYPE,
-    CHECK_ERROR,
     CHECK_EXAMPLES,
     CHECK_FINITE,
     CHECK_KEYS,
@@ -111,11 +110,10 @@ def test_bad_reply_is_rejected_with_reason_and_changes_nothing(update, num_examp
         assert got[name].tobytes() == clean[name].tobytes()
 
 
-def test_error_reply_is_rejected_and_logged():
+def test_error_reply_is_a_dropout_not_a_rejection_and_changes_nothing():
     clean, _ = _aggregate()
     got, rejections = _aggregate(lambda m: error_reply(m, "CUDA out of memory"))
-    assert [(r.node_id, r.check) for r in rejections] == [(13, CHECK_ERROR)]
-    assert "CUDA out of memory" in rejections[0].reason
+    assert rejections == []
     for name in clean:
         assert got[name].tobytes() == clean[name].tobytes()
 
@@ -181,3 +179,19 @@ def test_norm_is_over_all_tensors_together():
     update = {"a": np.array([3.0], np.float32), "b": np.array([4.0], np.float32)}
     with pytest.raises(InvalidUpdateError, match="norm 5"):
         check_update(update, spec_of(update), max_norm=4.5)
+
+
+def test_rejections_are_counted_per_node_across_rounds_and_checkpointed():
+    strategy = FedAvg(min_available_nodes=3, min_train_nodes=3)
+    for server_round in (1, 2):
+        messages = send(strategy, adapter(seed=1), server_round)
+        replies = [
+            reply(messages[0], adapter(seed=60, scale=0.01), 4),
+            reply(messages[1], _nan(), 4),
+            reply(messages[2], adapter(seed=61, scale=0.01), 0 if server_round == 2 else 3),
+        ]
+        strategy.aggregate_train(server_round, replies)
+    assert strategy.rejection_counts == {12: 2, 13: 1}
+    resumed = FedAvg()
+    resumed.load_state_dict(strategy.state_dict())
+    assert resumed.rejection_counts == {12: 2, 13: 1}

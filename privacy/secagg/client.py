@@ -63,8 +63,6 @@ class SecAggClient:
     share_sk: list[bytes] = field(default_factory=list)
     masked_with: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
-    revealed_b: list[int] = field(default_factory=list)
-    revealed_sk: list[int] = field(default_factory=list)
 
     # ----------------------------------------------------------------- state
     def to_state(self) -> dict[str, Any]:
@@ -273,13 +271,9 @@ class SecAggClient:
             self._refuse(f"it asks self-mask shares of {sorted(fake)}, not in the signed survivors")
         if fake := set(dead) & set(self.survivors):
             self._refuse(f"it asks pairwise-key shares of signed survivors {sorted(fake)}")
-        if both := (set(alive) & set(self.revealed_sk)) | (set(dead) & set(self.revealed_b)):
-            self._refuse(f"it already received the other kind of share of {sorted(both)}")
         held = dict(zip(self.share_src, zip(self.share_b, self.share_sk, strict=True), strict=True))
         if unknown := (set(alive) | set(dead)) - set(held):
             raise MalformedPayloadError(f"{who}: I hold no shares of clients {sorted(unknown)}")
-        self.revealed_b = sorted(set(self.revealed_b) | set(alive))
-        self.revealed_sk = sorted(set(self.revealed_sk) | set(dead))
         return self._reply(
             Stage.UNMASK,
             {

@@ -23,8 +23,9 @@ from .server import SecAggResult, SecAggServer
 class InMemoryRun:
     """The outcome of ``run_protocol_in_memory`` plus what the benchmark measures."""
 
-    result: SecAggResult
+    result: SecAggResult | None
     server: SecAggServer
+    states: dict[int, dict] = field(default_factory=dict)
     upload_bytes: dict[int, int] = field(default_factory=dict)
     download_bytes: dict[int, int] = field(default_factory=dict)
     mask_seconds: dict[int, float] = field(default_factory=dict)
@@ -41,6 +42,7 @@ def run_protocol_in_memory(
     client_ids: Sequence[int] | None = None,
     server_cls: type[SecAggServer] = SecAggServer,
     keep_transcript: bool = False,
+    stop_before: Stage | None = None,
 ) -> InMemoryRun:
     """Aggregate ``updates`` securely and return the coordinator's result.
 
@@ -60,6 +62,9 @@ def run_protocol_in_memory(
         Coordinator implementation (tests pass lying subclasses).
     keep_transcript : bool
         Keep every (request, reply) pair, i.e. the coordinator's whole view.
+    stop_before : Stage, optional
+        Stop when this stage is due, leaving ``result`` None and the clients' saved states in
+        ``states`` (tests then play a lying coordinator by hand).
     """
     ids = list(client_ids) if client_ids is not None else list(range(len(updates)))
     by_id = dict(zip(ids, updates, strict=True))
@@ -67,11 +72,13 @@ def run_protocol_in_memory(
     silent: set[int] = set()
     drops = {Stage(k): set(v) for k, v in (drop_at or {}).items()}
     server = server_cls(config, ids, int(np.asarray(updates[0]).size))
-    run = InMemoryRun(result=None, server=server)  # type: ignore[arg-type]
-    states: dict[int, dict] = {}
+    run = InMemoryRun(result=None, server=server)
+    states = run.states
     while not server.done:
         stage = server.stage
         assert stage is not None
+        if stage == stop_before:
+            return run
         silent |= drops.get(stage, set())
         replies: dict[int, Payload] = {}
         for cid, request in server.requests().items():

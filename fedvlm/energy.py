@@ -305,10 +305,20 @@ def _make_reading(
     )
 
 
-def _label_to_method(label: str) -> Method:
+def method_from_label(label: str) -> Method:
+    """The method behind a label such as "RAPL" or "constant (10.0 W)" (for reports).
+
+    Raises
+    ------
+    ValueError
+        If the label is none of this module's.
+    """
     if label.startswith("constant"):
         return Method.CONSTANT
-    return next(m for m, text in _METHOD_LABELS.items() if text == label)
+    for method, text in _METHOD_LABELS.items():
+        if text == label:
+            return method
+    raise ValueError(f"unknown energy method label {label!r}")
 
 
 def reading_to_metrics(reading: EnergyReading) -> dict[str, float | int]:
@@ -320,7 +330,7 @@ def reading_to_metrics(reading: EnergyReading) -> dict[str, float | int]:
         if reading.country_iso_code
         else IntensitySource.EXPLICIT
     )
-    ram_method = _label_to_method(reading.ram_method)
+    ram_method = method_from_label(reading.ram_method)
     watts = re.fullmatch(r"constant \((.+) W\)", reading.ram_method)
     country = reading.country_iso_code
     return {
@@ -333,8 +343,8 @@ def reading_to_metrics(reading: EnergyReading) -> dict[str, float | int]:
         METRIC_SECONDS: reading.seconds,
         METRIC_INTENSITY: reading.intensity_g_per_kwh,
         METRIC_METHOD: method_code(
-            _label_to_method(reading.cpu_method),
-            _label_to_method(reading.gpu_method),
+            method_from_label(reading.cpu_method),
+            method_from_label(reading.gpu_method),
             ram_method,
             source,
         ),
@@ -459,6 +469,17 @@ def _detect_methods(tracker: Any) -> _Methods:
             else:
                 cpu = Method.COUNTER
     return _Methods(cpu=cpu, gpu=gpu, ram=ram)
+
+
+def describe_hardware() -> str:
+    """This process's hardware as codecarbon detected it, e.g. "AMD EPYC (2 threads), no GPU".
+
+    For `run.json` (the model card's `hardware_used`); sites keep theirs to themselves.
+    """
+    info = _shared_tracker().tracker.get_detected_hardware()
+    cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({info.get('cpu_count')} threads)"
+    gpu = info.get("gpu_model") or "no GPU"
+    return f"{cpu}, {gpu}, {info.get('ram_total_size', 0):.0f} GB RAM"
 
 
 _shared: _SharedTracker | None = None
@@ -656,7 +677,8 @@ def round_energy(
         "kwh_per_gb": kwh_per_gb,
         "method": "estimate (bytes x kWh/GB)",
     }
-    nodes = {node: _entry(reading) for node, reading in sorted(node_readings.items())}
+    nodes = {str(node): _entry(reading) for node, reading in node_readings.items()}
+    nodes = dict(sorted(nodes.items()))
     coord = _entry(coordinator)
     parts = [*nodes.values(), coord, network]
     total = {

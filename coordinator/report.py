@@ -1,0 +1,77 @@
+"""The run report, rebuilt from the run folder's ledger alone.
+
+`python -m coordinator.report RUN_DIR` (or `fedvlm report RUN_DIR`) reads `ledger.jsonl` and
+`run.json`, writes the PNG plots under `plots/`, a `report.json` summary with the plotted
+series, and the model card `adapter/README.md`. Nothing else is consulted, so a report can be
+regenerated anywhere the run folder is copied, and twice gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from coordinator import plots
+from coordinator.model_card import write_model_card
+from fedvlm.errors import FedVLMError
+from fedvlm.ledger_schema import load_run, privacy_entries, summarize
+
+PLOTS_DIR = "plots"
+REPORT_JSON = "report.json"
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """Write the plots, `report.json` and the model card of a run; return what was written.
+
+    Returns
+    -------
+    dict
+        ``{"summary": ..., "plots": {name: {"path": str, "series": ...}}, "model_card": str}``
+        with paths relative to the run folder.
+    """
+    run = load_run(Path(run_dir))
+    folder = run.path / PLOTS_DIR
+    drawn: dict[str, Any] = {}
+    makers = [
+        ("accuracy", plots.accuracy_plot),
+        ("energy", plots.energy_plot),
+        ("bytes", plots.bytes_plot),
+    ]
+    if any(privacy_entries(r) for r in run.rows):
+        makers.insert(1, ("epsilon", plots.epsilon_plot))
+    for name, draw in makers:
+        path = folder / f"{name}.png"
+        drawn[name] = {"path": str(path.relative_to(run.path)), "series": draw(run.rows, path)}
+    summary = summarize(run)
+    card_path = write_model_card(run, summary)
+    report = {
+        "summary": summary,
+        "plots": drawn,
+        "model_card": str(card_path.relative_to(run.path)),
+    }
+    (run.path / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m coordinator.report RUN_DIR`."""
+    parser = argparse.ArgumentParser(description="Rebuild a run's plots and model card.")
+    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/20261129-120000")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(args.run_dir)
+    except FedVLMError as error:
+        print(f"fedvlm: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"fedvlm: report rebuilt in {args.run_dir}: {', '.join(report['plots'])} plots, "
+        f"model card {report['model_card']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

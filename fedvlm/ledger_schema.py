@@ -1,0 +1,168 @@
+"""The run ledger as data: reading `runs/<id>/ledger.jsonl` and `run.json`, and the totals.
+
+The coordinator writes one JSON object per round (round 0 = the evaluation before training):
+"round", "sites", "train_loss", "fed_eval_accuracy", "heldout_accuracy", "heldout_loss",
+"seconds", "bytes_up", "bytes_down", "rejected", "dropped", "energy" (`fedvlm.energy.round_energy`)
+and optionally "privacy" ({"unit": "example" | "site", "epsilon", "delta", ...} or a list of
+them). Every block but "round" may be absent: readers here tolerate that, so a report can be
+rebuilt from a ledger of an older or partial run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedvlm.errors import DataError
+
+LEDGER_JSONL = "ledger.jsonl"
+RUN_JSON = "run.json"
+COORDINATOR = "coordinator"
+NETWORK = "network"
+
+Row = dict[str, Any]
+
+
+def privacy_entries(row: Row) -> list[dict[str, Any]]:
+    """A row's privacy block(s): absent, one dict, or a list (one per unit)."""
+    block = row.get("privacy")
+    if block is None:
+        return []
+    return list(block) if isinstance(block, list) else [block]
+
+
+def energy_parts(rows: Sequence[Row]) -> list[str]:
+    """Stack order: every node id that ever appears (sorted), then coordinator, network."""
+    nodes = sorted({n for r in rows for n in (r.get("energy") or {}).get("nodes", {})})
+    return [*nodes, COORDINATOR, NETWORK]
+
+
+def part_value(block: dict[str, Any], part: str, unit: str) -> float:
+    """One part's figure in one round's energy block (0 when the part is absent)."""
+    if part in (COORDINATOR, NETWORK):
+        return float((block.get(part) or {}).get(unit, 0.0))
+    return float(block.get("nodes", {}).get(part, {}).get(unit, 0.0))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run left behind: its metadata (`run.json`, may be empty) and ledger rows."""
+
+    path: Path
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read a run folder; errors name the file and line at fault.
+
+    Raises
+    ------
+    DataError
+        If the ledger is missing, empty, or a line is not a JSON object with a "round".
+    """
+    run_dir = Path(run_dir)
+    ledger = run_dir / LEDGER_JSONL
+    if not ledger.is_file():
+        raise DataError(f"{ledger}: no ledger here; is {run_dir} a run folder?")
+    rows = []
+    for number, line in enumerate(ledger.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{ledger}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise DataError(f"{ledger}:{number}: expected an object with an integer 'round'")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{ledger}: the ledger holds no rounds")
+    rows.sort(key=lambda r: r["round"])
+    meta_path = run_dir / RUN_JSON
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise DataError(f"{meta_path}:{error.lineno}: not JSON ({error.msg})") from None
+    return RunRecord(path=run_dir, meta=meta, rows=rows)
+
+
+def _sum(values: list[float]) -> float:
+    return math.fsum(values)
+
+
+def energy_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whole-run energy and carbon, overall and by part (node id, coordinator, network)."""
+    blocks = [r["energy"] for r in rows if r.get("energy")]
+    by_part = {}
+    for part in energy_parts(rows):
+        by_part[part] = {
+            unit: _sum([part_value(b, part, unit) for b in blocks]) for unit in ("kwh", "gco2e")
+        }
+    methods: dict[str, set[str]] = {"cpu": set(), "gpu": set(), "ram": set()}
+    for block in blocks:
+        for component, labels in block.get("methods", {}).items():
+            methods.setdefault(component, set()).update(labels)
+    intensities = {}
+    for block in blocks:
+        for node, entry in block.get("nodes", {}).items():
+            intensities[node] = entry.get("intensity_source", "unknown")
+        if block.get("coordinator"):
+            intensities[COORDINATOR] = block["coordinator"].get("intensity_source", "unknown")
+    network = [b.get("network", {}) for b in blocks]
+    return {
+        "kwh": _sum([b["total"]["kwh"] for b in blocks]),
+        "gco2e": _sum([b["total"]["gco2e"] for b in blocks]),
+        "by_part": by_part,
+        "methods": {k: sorted(v) for k, v in methods.items()},
+        "intensity_sources": dict(sorted(intensities.items())),
+        "fallback": sorted({site for b in blocks for site in b.get("fallback", [])}),
+        "network_kwh_per_gb": sorted({n["kwh_per_gb"] for n in network if "kwh_per_gb" in n}),
+        "rounds_metered": len(blocks),
+    }
+
+
+def summarize(run: RunRecord) -> dict[str, Any]:
+    """The numbers a reader wants first: accuracy before/after, privacy, energy, federation."""
+    rows = run.rows
+    trained = [r for r in rows if r["round"] > 0]
+    accuracy = [r for r in rows if r.get("heldout_accuracy") is not None]
+    sites = sorted({str(s) for r in rows for s in r.get("sites", [])})
+    privacy_final = {}
+    for row in rows:
+        for entry in privacy_entries(row):
+            privacy_final[str(entry.get("unit", "example"))] = entry
+    meta = run.meta
+    return {
+        "run_id": meta.get("run_id", run.path.name),
+        "base_model": meta.get("base_model", "unknown"),
+        "strategy": meta.get("strategy", "unknown"),
+        "started": meta.get("started"),
+        "ended": meta.get("ended"),
+        "rounds": max((r["round"] for r in trained), default=0),
+        "sites": sites,
+        "dropped": sorted({str(s) for r in rows for s in r.get("dropped", [])}),
+        "rejected": sum(len(r.get("rejected", [])) for r in rows),
+        "heldout_accuracy_before": rows[0].get("heldout_accuracy")
+        if rows[0]["round"] == 0
+        else None,
+        "heldout_accuracy_final": accuracy[-1]["heldout_accuracy"] if accuracy else None,
+        "heldout_accuracy_best": max((r["heldout_accuracy"] for r in accuracy), default=None),
+        "fed_eval_accuracy_final": next(
+            (
+                r["fed_eval_accuracy"]
+                for r in reversed(rows)
+                if r.get("fed_eval_accuracy") is not None
+            ),
+            None,
+        ),
+        "privacy": privacy_final,
+        "energy": energy_totals(rows),
+        "bytes_up": sum(r.get("bytes_up") or 0 for r in rows),
+        "bytes_down": sum(r.get("bytes_down") or 0 for r in rows),
+        "seconds": _sum([r.get("seconds") or 0.0 for r in rows]),
+    }

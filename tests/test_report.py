@@ -1,0 +1,190 @@
+"""The run report is rebuilt from a ledger alone: plots, summary and a parseable model card."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from coordinator.model_card import model_card
+from coordinator.report import build_report
+from fedvlm.energy import EnergyReading, round_energy
+from fedvlm.errors import DataError
+
+ROUNDS = 3
+NODES = ("11", "22", "33")
+INTENSITY = {"11": 56.0, "22": 380.0, "33": 20.0}
+COUNTRY = {"11": "FRA", "22": "DEU", "33": "SWE"}
+
+
+def _reading(kwh: float, intensity: float, source: str) -> EnergyReading:
+    return EnergyReading(
+        seconds=3.0,
+        cpu_kwh=kwh * 0.2,
+        gpu_kwh=0.0,
+        ram_kwh=kwh * 0.8,
+        kwh=kwh,
+        co2_kg=kwh * intensity / 1000,
+        intensity_g_per_kwh=intensity,
+        intensity_source=source,
+        cpu_method="TDP estimate",
+        gpu_method="none",
+        ram_method="constant (10.0 W)",
+    )
+
+
+def _write_run(run_dir: Path, privacy: bool) -> list[dict]:
+    """A synthetic three-site run: round 0 evaluation plus three trained rounds."""
+    run_dir.mkdir(parents=True)
+    meta = {
+        "run_id": run_dir.name,
+        "base_model": "embedded",
+        "strategy": "fedavg",
+        "started": "2026-11-29T10:00:00+0000",
+        "ended": "2026-11-29T10:05:00+0000",
+        "hardware": "AMD EPYC (2 threads), no GPU, 24 GB RAM",
+    }
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    rows = [{"round": 0, "sites": [], "heldout_accuracy": 0.34, "heldout_loss": 1.2}]
+    block = None
+    for rnd in range(1, ROUNDS + 1):
+        sites = list(NODES) if rnd != 2 else list(NODES[:2])  # site 33 drops in round 2
+        nodes = {
+            n: _reading(1e-5 * rnd * (i + 1), INTENSITY[n], f"country {COUNTRY[n]}")
+            for i, n in enumerate(sites)
+        }
+        coordinator = _reading(2e-6, 475.0, "world average (fallback)")
+        block = round_energy(
+            nodes, coordinator, {n: 300_000 for n in sites}, 900_000, 0.06, previous=block
+        )
+        row = {
+            "round": rnd,
+            "sites": sites,
+            "dropped": [] if rnd != 2 else ["33"],
+            "rejected": [],
+            "train_loss": 1.0 / rnd,
+            "fed_eval_accuracy": 0.4 + 0.1 * rnd,
+            "heldout_accuracy": 0.35 + 0.15 * rnd,
+            "heldout_loss": 1.0 / rnd,
+            "seconds": 2.5,
+            "bytes_up": 300_000 * len(sites),
+            "bytes_down": 900_000,
+            "energy": block,
+        }
+        if privacy:
+            row["privacy"] = {
+                "unit": "example",
+                "epsilon": 1.5 * rnd,
+                "delta": 1e-5,
+                "noise_multiplier": 1.1,
+            }
+        rows.append(row)
+    (run_dir / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "run-a"
+    _write_run(path, privacy=True)
+    return path
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_plots_are_pngs_with_one_point_per_round(run_dir: Path) -> None:
+    report = build_report(run_dir)
+    assert set(report["plots"]) == {"accuracy", "epsilon", "energy", "bytes"}
+    for entry in report["plots"].values():
+        with Image.open(run_dir / entry["path"]) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    series = {name: entry["series"] for name, entry in report["plots"].items()}
+    assert series["accuracy"]["round"] == [0, 1, 2, 3]
+    assert series["accuracy"]["heldout_accuracy"] == pytest.approx([0.34, 0.5, 0.65, 0.8])
+    assert series["epsilon"]["example"]["epsilon"] == [1.5, 3.0, 4.5]
+    assert series["bytes"]["mb_up"] == pytest.approx([0.9, 0.6, 0.9])
+    assert list(series["energy"]["kwh"]) == ["11", "22", "33", "coordinator", "network"]
+    # The stacks' tops are the ledger's cumulative totals, round by round.
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    for i, row in enumerate(ledger[1:]):
+        top = math.fsum(stack[i] for stack in series["energy"]["gco2e"].values())
+        assert top == pytest.approx(row["energy"]["cumulative"]["gco2e"], rel=1e-12)
+    assert series["energy"]["kwh"]["33"][1] == series["energy"]["kwh"]["33"][0]  # dropped
+
+
+def test_model_card_metadata_parses_and_holds_the_ledger_totals(run_dir: Path) -> None:
+    text = model_card(run_dir)
+    assert (run_dir / "adapter" / "README.md").read_text() == text
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    total_g = ledger[-1]["energy"]["cumulative"]["gco2e"]
+
+    meta = _front_matter(text)
+    co2 = meta["co2_eq_emissions"]
+    assert co2["emissions"] == pytest.approx(total_g, rel=1e-12)
+    assert co2["training_type"] == "fine-tuning"
+    assert "site 11: country FRA" in co2["geographical_location"]
+    assert co2["hardware_used"].startswith("AMD EPYC")
+    assert meta["base_model"] == "embedded" and meta["library_name"] == "peft"
+    assert {"federated-learning", "lora", "differential-privacy"} <= set(meta["tags"])
+
+    card = ModelCard(text)
+    assert card.data.co2_eq_emissions["emissions"] == pytest.approx(total_g, rel=1e-12)
+    assert card.data.eval_results[0].metric_value == pytest.approx(0.8)
+    assert "ε = 4.5, δ = 1e-05" in card.text
+    assert "3 sites" in card.text and "Rounds: 3" in card.text and "fedavg" in card.text
+    assert "TDP estimate (estimate)" in card.text and "constant (10.0 W) (estimate)" in card.text
+    assert "world average" in card.text  # the coordinator's fallback is flagged
+
+
+def test_report_rebuilds_the_same_from_the_ledger(run_dir: Path) -> None:
+    first = build_report(run_dir)
+    card = (run_dir / "adapter" / "README.md").read_bytes()
+    pngs = {name: (run_dir / e["path"]).read_bytes() for name, e in first["plots"].items()}
+    for path in [run_dir / "plots", run_dir / "adapter", run_dir / "report.json"]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator.report", str(run_dir)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "adapter" / "README.md").read_bytes() == card
+    for name, data in pngs.items():
+        assert (run_dir / first["plots"][name]["path"]).read_bytes() == data
+    assert json.loads((run_dir / "report.json").read_text())["summary"] == json.loads(
+        json.dumps(first["summary"])
+    )
+
+
+def test_run_without_privacy_says_so_and_draws_no_epsilon(tmp_path: Path) -> None:
+    run_dir = tmp_path / "plain"
+    _write_run(run_dir, privacy=False)
+    report = build_report(run_dir)
+    assert "epsilon" not in report["plots"]
+    text = (run_dir / "adapter" / "README.md").read_text()
+    assert "without differential privacy" in text
+    assert "differential-privacy" not in _front_matter(text)["tags"]
+
+
+def test_minimal_ledger_without_optional_blocks(tmp_path: Path) -> None:
+    (tmp_path / "ledger.jsonl").write_text('{"round": 0, "heldout_accuracy": 0.3}\n')
+    report = build_report(tmp_path)
+    assert report["summary"]["energy"]["gco2e"] == 0.0
+    assert _front_matter(model_card(tmp_path))["co2_eq_emissions"]["emissions"] == 0.0
+
+
+def test_broken_ledger_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "ledger.jsonl").write_text('{"round": 0}\n{"round": 1,\n')
+    with pytest.raises(DataError, match=r"ledger.jsonl:2"):
+        build_report(tmp_path)
+    with pytest.raises(DataError, match="no ledger"):
+        build_report(tmp_path / "missing")

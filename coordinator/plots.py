@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on a coordinator or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedvlm.ledger_schema import COORDINATOR, NETWORK, energy_parts, part_value, privacy_entries  # noqa: E402
 
@@ -23,6 +24,8 @@ Series = dict[str, Any]
 
 
 def _save(fig: Any, path: Path) -> None:
+    for ax in fig.axes:  # rounds are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     # No "Software" stamp varies between matplotlib builds; PNG from Agg carries no date.

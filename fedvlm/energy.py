@@ -512,10 +512,11 @@ class EnergyMeter:
         self._tracker = _shared_tracker() if self.settings.enabled else None
         if self.settings.enabled and self.settings.intensity[1] is IntensitySource.FALLBACK:
             log.warning(
-                "no %s or %s set: carbon uses the world average %.0f gCO2e/kWh (marked as a "
-                "fallback in the report)",
+                "no %s or %s set (the coordinator reads them with the '%s' prefix): carbon "
+                "uses the world average %.0f gCO2e/kWh, marked as a fallback in the report",
                 KEY_COUNTRY,
                 KEY_INTENSITY,
+                PREFIX_COORDINATOR,
                 WORLD_AVERAGE_G_PER_KWH,
             )
 
@@ -551,6 +552,8 @@ class EnergyMeter:
                 yield handle
             finally:
                 data = shared.stop()
+                if data is None:
+                    raise FedVLMError("codecarbon returned no measurement for this block")
                 handle.reading = _make_reading(
                     self.settings,
                     methods,

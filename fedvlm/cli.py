@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedvlm.deploy_cli import add_deploy_commands
 from fedvlm.errors import FedVLMError
 
 
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild plots and model card of a run from its ledger")
     rep.add_argument("run_dir", help="a run folder, e.g. runs/default-20261129-120000")
     rep.set_defaults(func=_report)
+
+    add_deploy_commands(sub)
     return parser
 
 

@@ -1,0 +1,142 @@
+"""Join a deployed federation from a site with one command, after checking the data.
+
+A site operator's mistakes in ``metadata.jsonl`` would otherwise surface minutes later as a
+traceback in a ClientApp subprocess on the first round, seen by nobody at the site. So the
+image folder is validated here first (every problem named by file and line) and
+``flower-supernode`` is started only on a valid folder, with TLS, the site's private key
+and ``--node-config 'data-path="..."'`` plus the site's own settings.
+"""
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedvlm.data.imagefolder import validate_imagefolder
+from fedvlm.errors import FedVLMError
+from fedvlm.processes import child_env, flower_executable, free_port, start_process
+from fedvlm.processes import stop_process_group as stop
+
+INSECURE_WARNING = (
+    "WARNING: --insecure: this node talks to the SuperLink WITHOUT TLS and WITHOUT node "
+    "authentication; only for a trusted loopback or lab network."
+)
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """How one site joins (validated by `check`).
+
+    Attributes
+    ----------
+    superlink : str
+        The SuperLink's ``host:port``; the host must be in its certificate's names.
+    data_path : Path
+        The site's image folder (``metadata.jsonl`` + images).
+    root_certificates : Path or None
+        The federation's CA certificate (``ca.crt``).
+    private_key : Path or None
+        This site's OpenSSH EC private key (``<site>.key``); its ``.pub`` is registered
+        at the coordinator.
+    settings : dict
+        Further node-config values (``carbon-intensity``, ``country-iso-code``,
+        ``torch-threads``, ``lora-rank``...), TOML scalars.
+    port : int or None
+        Port of this SuperNode's local ClientApp API (unique per node on a host; free
+        port if None).
+    insecure : bool
+        No TLS, no authentication (prints a warning).
+    """
+
+    superlink: str
+    data_path: Path
+    root_certificates: Path | None = None
+    private_key: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    port: int | None = None
+    insecure: bool = False
+
+    def check(self) -> None:
+        """Refuse contradictory or missing files, naming the flag."""
+        if self.insecure:
+            if self.private_key is not None:
+                raise FedVLMError("--insecure cannot use --private-key: node auth needs TLS")
+            return
+        for flag, path in (
+            ("--ca-cert", self.root_certificates),
+            ("--private-key", self.private_key),
+        ):
+            if path is None:
+                raise FedVLMError(f"{flag} is required (or --insecure on a trusted network)")
+            if not path.is_file():
+                raise FedVLMError(f"{flag}: {path} does not exist")
+        assert self.private_key is not None
+        if self.private_key.stat().st_mode & 0o077:
+            raise FedVLMError(
+                f"--private-key: {self.private_key} is readable by others; chmod 600 it"
+            )
+
+
+def node_config_text(data_path: Path, settings: Mapping[str, Any]) -> str:
+    """Flower's ``--node-config`` value: space-separated ``key=value`` with TOML values."""
+    values = {"data-path": str(data_path.resolve()), **settings}
+    parts = []
+    for key, value in values.items():
+        if not isinstance(value, str | int | float | bool):
+            raise FedVLMError(f"--node-config {key}: only scalars are allowed, got {value!r}")
+        parts.append(f"{key}={json.dumps(value)}")
+    return " ".join(parts)
+
+
+def supernode_command(opts: NodeOptions, port: int) -> list[str]:
+    """The `flower-supernode` command line for these options."""
+    command = [flower_executable("flower-supernode"), "--superlink", opts.superlink]
+    if opts.insecure:
+        command.append("--insecure")
+    else:
+        command += [
+            "--root-certificates",
+            str(opts.root_certificates),
+            "--auth-supernode-private-key",
+            str(opts.private_key),
+        ]
+    return command + [
+        "--node-config",
+        node_config_text(opts.data_path, opts.settings),
+        "--port",
+        str(port),
+    ]
+
+
+def check_data(path: Path) -> dict:
+    """Validate a site folder; return its summary or raise DataError naming file and line."""
+    if not path.is_dir():
+        raise FedVLMError(f"data folder {path} does not exist")
+    return validate_imagefolder(path)
+
+
+def run_node(opts: NodeOptions) -> int:
+    """Check the data, then run `flower-supernode` in the foreground; return its exit code.
+
+    Ctrl-C or a failure here stops the SuperNode and the ClientApp processes it started.
+    """
+    opts.check()
+    summary = check_data(opts.data_path)
+    print(
+        f"fedvlm: {summary['path']}: {summary['examples']} examples on {summary['images']} "
+        f"images, splits {summary['splits']}",
+        flush=True,
+    )
+    if opts.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    threads = int(opts.settings.get("torch-threads", 1))
+    command = supernode_command(opts, opts.port or free_port())
+    print("+ " + shlex.join(command), flush=True)
+    process = start_process(command, child_env(threads=threads), sink=None)
+    try:
+        return process.wait()
+    finally:
+        stop(process)

@@ -1,0 +1,162 @@
+"""The deployment subcommands of `fedvlm`: credentials, coordinator, node, check-data.
+
+Kept apart from `fedvlm.cli` so the dispatcher stays short; like it, each handler imports
+the package doing the work (coordinator, client) only when it runs, so importing `fedvlm`
+pulls in no other package of the project.
+"""
+
+import argparse
+import importlib
+import json
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedvlm.errors import FedVLMError
+
+
+def _pairs(pairs: Sequence[str], flag: str) -> dict:
+    """`key=value` pairs with TOML values (as Flower's --run-config / --node-config)."""
+    text = "\n".join(pairs)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FedVLMError(f"{flag}: cannot parse {text!r} as key=value pairs: {exc}") from exc
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from fedvlm import credentials
+
+    hosts = list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"]))
+    made = credentials.make_credentials(
+        args.out, hosts=hosts, sites=args.site, force=args.force, days=args.days
+    )
+    print(f"fedvlm: wrote credentials to {made.folder} (certificate names: {', '.join(hosts)})")
+    print(f"  coordinator host keeps: {made.ca_cert.name}, {made.server_cert.name}, ")
+    print(f"    {made.server_key.name} (secret), ca.key (secret, offline if you can), *.pub")
+    for site, (private, public) in made.site_keys.items():
+        print(f"  site {site} gets: {made.ca_cert.name} and {private.name} (secret, 0600);")
+        print(f"    the coordinator registers {public.name}")
+    return 0
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    launch = importlib.import_module("coordinator.launch")
+    run_config = _pairs(args.run_config, "--run-config")
+    if args.resume:
+        run_config["resume"] = args.resume
+    keys = [Path(k).expanduser().resolve() for k in args.site_key]
+    credentials = Path(args.credentials).expanduser().resolve() if args.credentials else None
+    if credentials is not None and not keys and not args.insecure:
+        keys = sorted(credentials.glob("*.pub"))
+    options = launch.CoordinatorOptions(
+        credentials=credentials,
+        site_keys=keys,
+        state_dir=Path(args.state_dir).expanduser().resolve(),
+        host=args.host,
+        port=args.port,
+        run_config=run_config,
+        insecure=args.insecure,
+        keep_running=args.keep_running,
+        project=Path(args.project).expanduser().resolve() if args.project else launch.PROJECT_ROOT,
+    )
+    folder = launch.run_coordinator(options)
+    print(f"fedvlm: run folder {folder}")
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    launch = importlib.import_module("client.launch")
+    settings = _pairs(args.node_config, "--node-config")
+    settings.setdefault("torch-threads", args.torch_threads)
+    options = launch.NodeOptions(
+        superlink=args.superlink,
+        data_path=Path(args.data).expanduser().resolve(),
+        root_certificates=Path(args.ca_cert).expanduser().resolve() if args.ca_cert else None,
+        private_key=Path(args.private_key).expanduser().resolve() if args.private_key else None,
+        settings=settings,
+        port=args.port,
+        insecure=args.insecure,
+    )
+    return launch.run_node(options)
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    launch = importlib.import_module("client.launch")
+    summary = launch.check_data(Path(args.path).expanduser())
+    print(json.dumps(summary, indent=2))
+    print(f"fedvlm: {args.path} is a valid site folder")
+    return 0
+
+
+def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the deployment subcommands to the `fedvlm` parser."""
+    cred = sub.add_parser(
+        "credentials", help="make a CA, the SuperLink's TLS certificate and per-site keys"
+    )
+    cred.add_argument("--out", default="credentials", help="folder to write (./credentials)")
+    cred.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP sites use to reach the SuperLink (repeat; loopback is always added)",
+    )
+    cred.add_argument(
+        "--site", action="append", default=[], help="site name; gets <site>.key/.pub (repeat)"
+    )
+    cred.add_argument("--days", type=int, default=365, help="certificate validity (365)")
+    cred.add_argument("--force", action="store_true", help="overwrite existing files")
+    cred.set_defaults(func=_credentials)
+
+    coord = sub.add_parser(
+        "coordinator", help="start a SuperLink (TLS, node auth), register sites, run, stop"
+    )
+    coord.add_argument(
+        "--credentials", default=None, help="folder with ca.crt, server.crt, server.key"
+    )
+    coord.add_argument(
+        "--site-key",
+        action="append",
+        default=[],
+        help="a site's public key to register (repeat; default: every *.pub in --credentials)",
+    )
+    coord.add_argument("--state-dir", default="superlink-state", help="database, logs")
+    coord.add_argument("--host", default="0.0.0.0", help="listen address (0.0.0.0)")
+    coord.add_argument("--port", type=int, default=9093, help="SuperLink port (9093)")
+    coord.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [tool.flwr.app.config] value (repeat)",
+    )
+    coord.add_argument("--resume", default="", help="run folder of an interrupted run")
+    coord.add_argument("--project", default=None, help="Flower app folder (this project)")
+    coord.add_argument(
+        "--keep-running", action="store_true", help="leave the SuperLink running after the run"
+    )
+    coord.add_argument(
+        "--insecure", action="store_true", help="no TLS, no node authentication (warns)"
+    )
+    coord.set_defaults(func=_coordinator)
+
+    node = sub.add_parser("node", help="check the site's image folder, then join as a SuperNode")
+    node.add_argument("--superlink", required=True, help="SuperLink host:port")
+    node.add_argument("--data", required=True, help="the site's image folder")
+    node.add_argument("--ca-cert", default=None, help="the federation's ca.crt")
+    node.add_argument("--private-key", default=None, help="this site's <site>.key")
+    node.add_argument(
+        "--node-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="site setting, e.g. carbon-intensity=56.0 or lora-rank=4 (repeat)",
+    )
+    node.add_argument("--torch-threads", type=int, default=1, help="torch threads (1)")
+    node.add_argument("--port", type=int, default=None, help="local ClientApp API port (free)")
+    node.add_argument("--insecure", action="store_true", help="no TLS, no auth (warns)")
+    node.set_defaults(func=_node)
+
+    chk = sub.add_parser("check-data", help="validate a site's image folder (metadata.jsonl)")
+    chk.add_argument("path", help="the image folder")
+    chk.set_defaults(func=_check_data)

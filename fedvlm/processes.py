@@ -1,0 +1,154 @@
+"""Starting and stopping Flower's executables: ports, environment, process groups.
+
+Shared by the simulation runner and the deployment launchers (coordinator, node), which all
+start Flower processes that must never outlive the command that started them: each is put
+in its own session (process group) and stopped by that group's id, children included.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def flower_executable(name: str) -> str:
+    """Path of a Flower console script installed beside this Python (flwr, flower-*)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(
+    host: str, port: int, process: subprocess.Popen, log: Path, timeout: float
+) -> None:
+    """Wait until `process` listens on `host:port`; fail early if it exits instead."""
+    name = Path(str(process.args[0] if isinstance(process.args, list) else process.args)).name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}; see {log}")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not listen on {host}:{port} in {timeout:.0f}s; see {log}")
+
+
+def start_process(
+    command: list[str], env: dict[str, str], sink: IO[bytes] | None, cwd: Path = PROJECT_ROOT
+) -> subprocess.Popen:
+    """Start `command` in its own session so that `stop_process_group` can end it whole."""
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=sink,
+        stderr=subprocess.STDOUT if sink is not None else None,
+        start_new_session=True,
+    )
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process started with `start_new_session=True`, and every descendant.
+
+    Flower detaches some of its helpers into sessions of their own (flower-superexec,
+    flwr-serverapp, flwr-clientapp), so killing the group alone can leave them running;
+    the descendants are therefore collected first and killed by PID if they outlive it.
+    """
+    descendants = _descendants(process.pid)
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+    _kill_group(process.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(descendants, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def child_env(flwr_home: Path | None = None, threads: int = 1) -> dict[str, str]:
+    """Environment for Flower's processes: offline, quiet, `threads` torch threads each.
+
+    Runtime dependency installation is off: with torch among the dependencies, Flower's
+    per-run `uv sync` would download gigabytes per run (NOTES.md).
+    """
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "CODECARBON_LOG_LEVEL": "error",
+            "RAY_DEDUP_LOGS": "0",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+            ),
+            # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp)
+            # by bare name, so they must be found beside this Python even if the venv is
+            # not activated.
+            "PATH": os.pathsep.join(
+                p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p
+            ),
+        }
+    )
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def write_connection(
+    flwr_home: Path,
+    name: str,
+    address: str,
+    *,
+    root_certificates: Path | None = None,
+    extra_lines: str = "",
+) -> None:
+    """Write a private `FLWR_HOME/config.toml` naming one SuperLink connection (default).
+
+    Without `root_certificates` the connection is insecure (plain HTTP).
+    """
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = (
+        f'root-certificates = "{root_certificates}"\n'
+        if root_certificates is not None
+        else "insecure = true\n"
+    )
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+        f'address = "{address}"\n{security}{extra_lines}'
+    )

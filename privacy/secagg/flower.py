@@ -15,10 +15,11 @@ and the reply carries the masked vector in place of the adapter.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from .client import SecAggClient
 from .errors import MalformedPayloadError
@@ -67,6 +68,35 @@ def recorddict_to_payload(content: RecordDict) -> Payload:
         for key, array in content.array_records[SECAGG_ARRAYS].items():
             payload[key] = array.numpy()
     return payload
+
+
+def to_messages(
+    requests: dict[int, Payload],
+    group_id: str,
+    extra: dict[int, RecordDict] | None = None,
+) -> list[Message]:
+    """Return one Flower message per node for a stage's requests (``SecAggServer.requests()``).
+
+    ``extra`` adds records to a node's message, e.g. the global adapter and train config in
+    the masked-input stage.
+    """
+    out = []
+    for node_id, payload in requests.items():
+        content = payload_to_recorddict(payload, into=(extra or {}).get(node_id))
+        stage = Stage(payload["stage"])
+        message_type = MESSAGE_TYPES[stage]
+        out.append(Message(content, node_id, message_type, group_id=group_id))
+    return out
+
+
+def from_replies(replies: Iterable[Message]) -> dict[int, Payload]:
+    """Return ``{node id: payload}`` of the replies that carry one; error replies are dropouts."""
+    payloads = {}
+    for reply in replies:
+        if reply.has_error() or SECAGG_CONFIG not in reply.content:
+            continue
+        payloads[reply.metadata.src_node_id] = recorddict_to_payload(reply.content)
+    return payloads
 
 
 def save_client(state: RecordDict, client: SecAggClient) -> None:

@@ -71,6 +71,14 @@ def child_env(flwr_home: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1",
             "CODECARBON_LOG_LEVEL": "error",
             "RAY_DEDUP_LOGS": "0",
+            # Quiet the libraries so the per-round table stays readable.
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONWARNINGS": "ignore::FutureWarning",
+            # Flower's processes spawn each other by executable name (flower-superexec,
+            # flwr-simulation...): the venv's bin must come first on PATH.
+            "PATH": os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", ""))),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
             ),
@@ -80,16 +88,14 @@ def child_env(flwr_home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def simulation_superlink(
-    flwr_home: Path, federation: Mapping[str, Any], log_dir: Path
-) -> Iterator[str]:
+def simulation_superlink(flwr_home: Path, log_dir: Path) -> Iterator[str]:
     """Start a simulation SuperLink and register it as the `flwr` connection; yield its name."""
-    control_port, http_port = _free_port(), _free_port()
-    options = "\n".join(f"options.{k} = {toml_value(v)}" for k, v in federation.items())
+    # Flower 1.42 serves the Control, Runtime and Fleet APIs on one HTTP port.
+    port = _free_port()
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{control_port}"\ninsecure = true\n{options}\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     log = log_dir / "superlink.log"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,12 +106,10 @@ def simulation_superlink(
         "--isolation",
         "subprocess",
         "--disable-runtime-dependency-installation",
-        "--control-api-address",
-        f"127.0.0.1:{control_port}",
         "--host",
         "127.0.0.1",
         "--port",
-        str(http_port),
+        str(port),
         "--log-file",
         str(log),
     ]
@@ -119,7 +123,7 @@ def simulation_superlink(
             start_new_session=True,
         )
     try:
-        _wait_for_port(control_port, process, log, timeout=60)
+        _wait_for_port(port, process, log, timeout=60)
         yield CONNECTION
     finally:
         stop_process_group(process)
@@ -145,7 +149,7 @@ def run_scenario(
         overrides_file.write_text(
             "".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items())
         )
-        with simulation_superlink(flwr_home, scenario.federation, run_folder) as connection:
+        with simulation_superlink(flwr_home, run_folder) as connection:
             result = subprocess.run(
                 [
                     str(Path(sys.executable).parent / "flwr"),
@@ -155,6 +159,8 @@ def run_scenario(
                     "--stream",
                     "--run-config",
                     str(overrides_file),
+                    "--federation-config",
+                    " ".join(f"{k}={toml_value(v)}" for k, v in scenario.federation.items()),
                 ],
                 env=child_env(flwr_home),
                 cwd=PROJECT_ROOT,

@@ -1,7 +1,8 @@
 """Scenarios: small TOML files that say how many sites, how skewed, how many rounds.
 
-A scenario has two tables, `[federation]` (Flower's simulation options, e.g.
-`num-supernodes` and `backend.client-resources.num-cpus`) and `[run-config]` (overrides of
+A scenario has two tables, `[federation]` (Flower's simulation config, as given to
+`flwr run --federation-config`: `num-supernodes`, `client-resources-num-cpus`...) and
+`[run-config]` (overrides of
 `[tool.flwr.app.config]` in pyproject.toml). The run-config keys are checked against
 pyproject here, so a typo fails with the file and key named instead of deep inside Flower.
 """
@@ -10,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flwr.proto.federation_config_pb2 import SimulationConfig
 
 from fedvlm.errors import ConfigError
 
@@ -33,14 +36,9 @@ def app_config_keys() -> set[str]:
         return set(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def federation_keys() -> set[str]:
+    """The keys Flower's `--federation-config` accepts (its SimulationConfig fields)."""
+    return {f.name.replace("_", "-") for f in SimulationConfig.DESCRIPTOR.fields}
 
 
 @dataclass(frozen=True)
@@ -70,11 +68,18 @@ class Scenario:
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("scenario", f"{path}: {exc}") from exc
-        federation = _flatten(data.get("federation", {}))
+        federation = data.get("federation", {})
         run_config = data.get("run-config", {})
         if not isinstance(federation.get("num-supernodes"), int):
             raise ConfigError(
                 "federation.num-supernodes", f"{path}: an integer number of sites is required"
+            )
+        unknown_fed = sorted(set(federation) - federation_keys())
+        if unknown_fed:
+            raise ConfigError(
+                f"federation.{unknown_fed[0]}",
+                f"{path}: not a Flower simulation setting "
+                f"(valid: {', '.join(sorted(federation_keys()))})",
             )
         unknown = sorted(set(run_config) - app_config_keys())
         if unknown:

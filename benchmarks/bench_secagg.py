@@ -9,8 +9,8 @@ rebuild seeds + remove masks on the coordinator. Flower's masked vectors are int
     python benchmarks/bench_secagg.py --full     # adds n = 250 and 500 (~3 min, ~3 GB RAM)
 
 "round s" is a whole simulated round, every client's work included, in one process;
-"max err/step" is the largest error of the unmasked sum in quantisation steps (at most the
-number of survivors, since each client's rounding error is below one step).
+"max |err|" is the largest error of the unmasked sum against the exact sum of the clipped
+updates (at most survivors x step, since each client's rounding error is below one step).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def ours(updates: list[np.ndarray], config: SecAggConfig) -> dict[str, float]:
         "mask_s": float(np.mean(list(run.mask_seconds.values()))),
         "unmask_s": run.unmask_seconds,
         "round_s": total,
-        "err_steps": float(np.abs(run.result.weighted_sum - exact).max() / config.step),
+        "err": float(np.abs(run.result.weighted_sum - exact).max()),
     }
 
 
@@ -129,7 +129,7 @@ def main() -> None:
     print(f"SecAgg+ round, {d:,} parameters, 1 dropout after key sharing, clip {CLIP}")
     header = (
         f"{'n':>4} {'k':>3} {'t':>3} {'impl':<14} {'dtype':<6} {'upload/fp32':>11} "
-        f"{'mask s':>8} {'unmask s':>9} {'round s':>8} {'max err/step':>12}"
+        f"{'mask s':>8} {'unmask s':>9} {'round s':>8} {'step':>8} {'max |err|':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -141,13 +141,14 @@ def main() -> None:
         print(
             f"{n:>4} {config.degree:>3} {config.threshold:>3} {'fedvlm':<14} "
             f"{config.dtype.name:<6} {mine['upload']:>10.3f}x {mine['mask_s']:>8.3f} "
-            f"{mine['unmask_s']:>9.3f} {mine['round_s']:>8.2f} {mine['err_steps']:>12.2f}"
+            f"{mine['unmask_s']:>9.3f} {mine['round_s']:>8.2f} {config.step:>8.1e} "
+            f"{mine['err']:>9.1e}"
         )
         theirs = flower_legacy(updates, config.degree, config.threshold)
         print(
             f"{n:>4} {config.degree:>3} {config.threshold:>3} {'flower-legacy':<14} "
             f"{'int64':<6} {theirs['upload']:>10.3f}x {theirs['mask_s']:>8.3f} "
-            f"{theirs['unmask_s']:>9.3f} {'-':>8} {'-':>12}"
+            f"{theirs['unmask_s']:>9.3f} {'-':>8} {2 * CLIP / FLOWER_QUANT_RANGE:>8.1e} {'-':>9}"
         )
     print()
     print("Shamir, one 32-byte secret: split n ways + rebuild from t shares (seconds)")

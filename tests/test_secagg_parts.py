@@ -46,11 +46,16 @@ def test_modulus_uses_the_smallest_container_that_cannot_wrap():
     assert SecAggConfig(num_clients=100, clip=1.0).dtype == np.uint32
     assert SecAggConfig(num_clients=1024, clip=1.0).dtype == np.uint32  # Flower wraps here
     assert SecAggConfig(num_clients=4, clip=1.0, levels=64).dtype == np.uint8
-    assert SecAggConfig(num_clients=100, clip=1.0, max_weight=10_000).dtype == np.uint64
+    assert SecAggConfig(num_clients=100, clip=1.0, levels=1 << 16, max_weight=10_000).dtype == (
+        np.uint64
+    )
+    assert SecAggConfig(num_clients=100, clip=1.0, max_weight=10_000).dtype == np.uint32
 
 
 def test_defaults_resolve_to_a_log_degree_and_majority_threshold():
     config = SecAggConfig(num_clients=100, clip=1.0)
+    assert config.max_sum_bits == 32  # the finest step that still uploads uint32
+    assert SecAggConfig(num_clients=100, clip=1.0, levels=config.levels + 1).dtype == np.uint64
     assert config.degree % 2 == 0 and 14 <= config.degree <= 40
     assert config.threshold == config.degree // 2 + 1
     assert SecAggConfig.from_dict(config.to_dict()) == config

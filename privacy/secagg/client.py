@@ -24,7 +24,7 @@ from .errors import (
     MalformedPayloadError,
     RoundFailedError,
 )
-from .graph import neighbours
+from .graph import graph_seed, neighbours
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import quantize
@@ -83,6 +83,8 @@ class SecAggClient:
         for f in fields(cls):
             if f.name == "config":
                 continue
+            if f.name not in state:
+                raise MalformedPayloadError(f"saved secure-aggregation state misses '{f.name}'")
             value = state[f.name]
             kwargs[f.name] = list(value) if isinstance(value, list | tuple) else value
         return cls(**kwargs)
@@ -119,7 +121,9 @@ class SecAggClient:
         }
         return client, reply
 
-    def handle(self, payload: Payload, update: np.ndarray | None = None, weight: int = 1):
+    def handle(
+        self, payload: Payload, update: np.ndarray | None = None, weight: int = 1
+    ) -> Payload:
         """Answer any stage after setup; ``update`` and ``weight`` feed the masked-input stage."""
         stage = payload.get(messages.STAGE)
         if stage == Stage.SHARE_KEYS:
@@ -153,7 +157,8 @@ class SecAggClient:
         directory = dict(zip(participants, sig_pks, strict=True))
         if directory[self.client_id] != self.sig_pk:
             self._refuse("the coordinator replaced my signing key in the directory")
-        expected = neighbours(participants, self.config.degree, self.round_id)[self.client_id]
+        seed = graph_seed(self.round_id, participants, sig_pks)
+        expected = neighbours(participants, self.config.degree, seed)[self.client_id]
         peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
         if peer_ids != expected:
             self._refuse("the neighbours sent are not my neighbours in the round's public graph")

@@ -26,6 +26,7 @@ KEYS = {
 }
 
 _CONTAINERS = (np.uint8, np.uint16, np.uint32, np.uint64)
+_UINT32_SUM = (1 << 32) - 1  # largest sum a uint32 modulus holds without wrapping
 
 
 def default_degree(num_clients: int) -> int:
@@ -51,6 +52,8 @@ class SecAggConfig:
         Each coordinate of an update is clipped to ``[-clip, clip]`` before quantisation.
     levels : int
         Quantisation levels over ``[-clip, clip]``; the step is ``2 * clip / (levels - 1)``.
+        0 picks the most levels whose largest sum still fits 32 bits, so uploads stay uint32
+        (the size of an fp32 update) at the finest step they can afford.
     max_weight : int
         Largest integer weight (example count) a client may carry; 1 means equal weights.
     degree : int
@@ -64,7 +67,7 @@ class SecAggConfig:
 
     num_clients: int
     clip: float
-    levels: int = 1 << 16
+    levels: int = 0
     max_weight: int = 1
     degree: int = 0
     threshold: int = 0
@@ -75,12 +78,14 @@ class SecAggConfig:
             raise ConfigError(KEYS["num_clients"], f"need at least 2 clients, got {n!r}")
         if not (isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0):
             raise ConfigError(KEYS["clip"], f"must be a positive finite number, got {self.clip!r}")
-        if not isinstance(self.levels, int) or self.levels < 2:
-            raise ConfigError(KEYS["levels"], f"must be an integer >= 2, got {self.levels!r}")
         if not isinstance(self.max_weight, int) or self.max_weight < 1:
             raise ConfigError(
                 KEYS["max_weight"], f"must be an integer >= 1, got {self.max_weight!r}"
             )
+        if self.levels == 0:
+            object.__setattr__(self, "levels", _UINT32_SUM // (n * self.max_weight) + 1)
+        if not isinstance(self.levels, int) or self.levels < 2:
+            raise ConfigError(KEYS["levels"], f"must be an integer >= 2, got {self.levels!r}")
         degree = self.degree or default_degree(n)
         if not 1 <= degree <= n - 1:
             raise ConfigError(KEYS["degree"], f"must be in [1, {n - 1}] for {n} clients")

@@ -58,7 +58,9 @@ def id_bytes(*ids: int) -> bytes:
     return b"".join(i.to_bytes(8, "little") for i in ids)
 
 
-def bundle_message(round_id: bytes, client_id: int, c_pk: bytes, s_pk: bytes, commit: bytes):
+def bundle_message(
+    round_id: bytes, client_id: int, c_pk: bytes, s_pk: bytes, commit: bytes
+) -> bytes:
     """Return the bytes a client signs to vouch for its public keys in this round."""
     return _DOMAIN + b"keys/" + round_id + id_bytes(client_id) + c_pk + s_pk + commit
 

@@ -27,7 +27,7 @@ from . import crypto, messages, shamir
 from .client import ROUND_ID_BYTES, share_point
 from .config import KEYS, SecAggConfig
 from .errors import AuthenticationError, MalformedPayloadError, RoundFailedError, SecAggError
-from .graph import neighbours
+from .graph import graph_seed, neighbours
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import dequantize
@@ -246,7 +246,9 @@ class SecAggServer:
 
     def _after_setup(self) -> None:
         self._require(len(self.active) > self.config.threshold, "completed setup")
-        self._graph = neighbours(self.active, self.config.degree, self.round_id)
+        sig_pks = [self._bundles[c].sig_pk for c in self.active]
+        seed = graph_seed(self.round_id, self.active, sig_pks)
+        self._graph = neighbours(self.active, self.config.degree, seed)
         self.stage = Stage.SHARE_KEYS
 
     def _check_share_keys(self, cid: int, reply: Payload, who: str) -> None:

@@ -17,8 +17,14 @@ from typing import Any
 
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
-from fedvlm.processes import child_env, flower_executable, free_port, start_process
-from fedvlm.processes import stop_process_group as stop
+from fedvlm.processes import (
+    child_env,
+    exit_on_sigterm,
+    flower_executable,
+    free_port,
+    start_process,
+    stop_process_group,
+)
 
 INSECURE_WARNING = (
     "WARNING: --insecure: this node talks to the SuperLink WITHOUT TLS and WITHOUT node "
@@ -123,6 +129,7 @@ def run_node(opts: NodeOptions) -> int:
 
     Ctrl-C or a failure here stops the SuperNode and the ClientApp processes it started.
     """
+    exit_on_sigterm()
     opts.check()
     summary = check_data(opts.data_path)
     print(
@@ -139,4 +146,4 @@ def run_node(opts: NodeOptions) -> int:
     try:
         return process.wait()
     finally:
-        stop(process)
+        stop_process_group(process)

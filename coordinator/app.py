@@ -10,23 +10,32 @@ Message-API strategies, extended in `strategies/`).
 import time
 
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator import console
-from coordinator.ledger import append_round
+from coordinator.checkpoint import open_resumed, save_checkpoint
+from coordinator.ledger import append_round, read_ledger
+from coordinator.liveness import dropped_nodes, require_replies, wait_for_nodes
+from coordinator.round_record import bytes_by_node, node_energy, payload_bytes
 from coordinator.run_folder import RunFolder
 from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
-    adapter_nbytes,
     adapter_to_arrayrecord,
     arrayrecord_to_adapter,
     get_adapter_state,
     set_adapter_state,
 )
-from fedvlm.config import RunSettings
-from fedvlm.data.site import heldout_set
+from fedvlm.config import RunSettings, read
+from fedvlm.data.partition import heldout_set
+from fedvlm.energy import (
+    EnergyMeter,
+    EnergySettings,
+    add_readings,
+    network_kwh_per_gb,
+    round_energy,
+)
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
 from strategies import build_strategy
@@ -34,21 +43,15 @@ from strategies import build_strategy
 app = ServerApp()
 
 
-def _payload_bytes(messages: list[Message]) -> int:
-    """Adapter bytes carried by the ArrayRecords of these messages."""
-    return sum(
-        adapter_nbytes(arrayrecord_to_adapter(m.content[contract.ARRAYS]))
-        for m in messages
-        if not m.has_error() and contract.ARRAYS in m.content
-    )
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation: rounds of train, aggregate, evaluate, record."""
     torch.set_num_threads(1)
     run = RunSettings.from_config(context.run_config)
-    folder = RunFolder.create(run, dict(context.run_config))
+    # A `resume` run continues in the interrupted run's folder (coordinator/checkpoint.py).
+    resumed = open_resumed(context.run_config)
+    folder = RunFolder(resumed[0]) if resumed else RunFolder.create(run, dict(context.run_config))
+    node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
     heldout = heldout_set(run.simulation.heldout_examples, seed=run.seed)
     strategy = build_strategy(
@@ -67,18 +70,34 @@ def main(grid: Grid, context: Context) -> None:
         }
     )
     global_adapter: Adapter = get_adapter_state(model)
+    meter = EnergyMeter(EnergySettings.from_config(context.run_config, prefix="coordinator-"))
+    kwh_per_gb = network_kwh_per_gb(context.run_config)
 
-    base = evaluate(model, processor, heldout)
-    append_round(
-        folder.path,
-        {"round": 0, "heldout_accuracy": base.accuracy, "heldout_loss": base.loss, "sites": []},
-    )
+    first_round = 1
+    if resumed is None:
+        base = evaluate(model, processor, heldout)
+        append_round(
+            folder.path,
+            {"round": 0, "heldout_accuracy": base.accuracy, "heldout_loss": base.loss, "sites": []},
+        )
+    else:  # continue after the last checkpointed round, RNGs and strategy state as they were
+        checkpoint = resumed[1]
+        global_adapter = checkpoint.adapter
+        set_adapter_state(model, global_adapter)
+        checkpoint.restore(strategy)
+        first_round = checkpoint.server_round + 1
+        print(f"fedvlm: resuming after round {checkpoint.server_round}", flush=True)
+    recorded = read_ledger(folder.path)
+    base_accuracy = recorded[0]["heldout_accuracy"]
+    energy_so_far = recorded[-1].get("energy")  # cumulative totals carry over a resume
     print(f"fedvlm: run folder {folder.path}", flush=True)
     print(console.header(), flush=True)
-    print(console.row_line({"round": 0, "heldout_accuracy": base.accuracy}), flush=True)
+    print(console.row_line({"round": 0, "heldout_accuracy": base_accuracy}), flush=True)
 
-    for server_round in range(1, run.num_rounds + 1):
+    for server_round in range(first_round, run.num_rounds + 1):
         started = time.perf_counter()
+        # Flower's sampling would wait forever for min-available-nodes: bound that wait.
+        wait_for_nodes(grid, run.min_available_nodes, node_wait)
 
         # 1. Train: send the global adapter, receive updates (never base weights).
         outgoing = list(
@@ -87,14 +106,17 @@ def main(grid: Grid, context: Context) -> None:
             )
         )
         replies = list(grid.send_and_receive(outgoing, timeout=run.round_timeout))
-        new_global, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new_global is None:
-            raise RuntimeError(
-                f"round {server_round}: no valid update arrived from {len(outgoing)} sampled "
-                "sites; see the rejections in the ledger and the sites' logs"
-            )
-        global_adapter = arrayrecord_to_adapter(new_global)
-        set_adapter_state(model, global_adapter)
+        dropped = dropped_nodes(outgoing, replies)
+        require_replies(server_round, len(outgoing) - len(dropped), run.min_train_nodes, dropped)
+        with meter.measure() as aggregation:
+            new_global, train_metrics = strategy.aggregate_train(server_round, replies)
+            if new_global is None:
+                raise RuntimeError(
+                    f"round {server_round}: no valid update arrived from {len(outgoing)} "
+                    "sampled sites; see the rejections in the ledger and the sites' logs"
+                )
+            global_adapter = arrayrecord_to_adapter(new_global)
+            set_adapter_state(model, global_adapter)
 
         # 2. Federated evaluation on each site's own validation split (scalars only).
         eval_replies = list(
@@ -106,13 +128,24 @@ def main(grid: Grid, context: Context) -> None:
         fed_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
 
         # 3. Central evaluation on the coordinator's own held-out set.
-        central = evaluate(model, processor, heldout)
+        with meter.measure() as central_eval:
+            central = evaluate(model, processor, heldout)
 
         # 4. Record the round before the next one starts.
+        bytes_down = sum(payload_bytes(m) for m in outgoing)
+        bytes_up = bytes_by_node(replies)
+        energy_so_far = round_energy(
+            node_energy(replies, eval_replies),
+            add_readings(aggregation.reading, central_eval.reading),
+            bytes_up,
+            bytes_down,
+            kwh_per_gb,
+            previous=energy_so_far,
+        )
         row = {
             "round": server_round,
             "sites": sorted(m.metadata.src_node_id for m in replies if not m.has_error()),
-            "dropped": sorted(m.metadata.src_node_id for m in replies if m.has_error()),
+            "dropped": dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
             "train_loss": None if train_metrics is None else train_metrics.get(contract.TRAIN_LOSS),
             "fed_eval_accuracy": None
@@ -121,16 +154,19 @@ def main(grid: Grid, context: Context) -> None:
             "heldout_accuracy": central.accuracy,
             "heldout_loss": central.loss,
             "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
-            "bytes_down": _payload_bytes(outgoing),
-            "bytes_up": _payload_bytes(replies),
+            "bytes_down": bytes_down,
+            "bytes_up": sum(bytes_up.values()),
+            "energy": energy_so_far,
             "seconds": time.perf_counter() - started,
         }
         append_round(folder.path, row)
+        save_checkpoint(folder.path, server_round, global_adapter, strategy, context.run_config)
         print(console.row_line(row), flush=True)
 
     folder.save_adapter(model)
     print(
-        f"fedvlm: held-out accuracy {base.accuracy:.3f} -> {central.accuracy:.3f}; "
+        f"fedvlm: held-out accuracy {base_accuracy:.3f} -> "
+        f"{read_ledger(folder.path)[-1]['heldout_accuracy']:.3f}; "
         f"adapter saved to {folder.path / 'adapter'}",
         flush=True,
     )

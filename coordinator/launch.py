@@ -33,6 +33,7 @@ from fedvlm.errors import FedVLMError
 from fedvlm.processes import (
     PROJECT_ROOT,
     child_env,
+    exit_on_sigterm,
     flower_executable,
     start_process,
     stop_process_group,
@@ -282,6 +283,7 @@ def run_coordinator(opts: CoordinatorOptions) -> Path:
     RuntimeError
         When the run ended without its final adapter (flwr's exit code and logs named).
     """
+    exit_on_sigterm()
     opts.check()
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)

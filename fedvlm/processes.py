@@ -98,6 +98,19 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a launcher's `finally` stops what it started.
+
+    Python's default SIGTERM action ends the process without unwinding, which would leave
+    the Flower processes a launcher started (in sessions of their own) running.
+    """
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def child_env(flwr_home: Path | None = None, threads: int = 1) -> dict[str, str]:
     """Environment for Flower's processes: offline, quiet, `threads` torch threads each.
 

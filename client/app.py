@@ -22,6 +22,7 @@ from fedvlm.adapter import (
     subtract,
 )
 from fedvlm.config import NodeSettings, RunSettings, read
+from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_peft_model
 
@@ -42,32 +43,43 @@ def _prepare(msg: Message, context: Context):
     return run, site, model, processor, global_adapter
 
 
+def _meter(context: Context) -> EnergyMeter:
+    """This site's energy meter: the run switches tracking, the site gives its intensity."""
+    config = dict(context.node_config)
+    if "energy-tracking" in context.run_config:
+        config.setdefault("energy-tracking", context.run_config["energy-tracking"])
+    return EnergyMeter(EnergySettings.from_config(config))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global adapter on local images and reply with the update."""
-    run, site, model, processor, global_adapter = _prepare(msg, context)
-    config = msg.content[contract.CONFIG]
-    server_round = int(config[contract.SERVER_ROUND])
-    partition = int(context.node_config.get("partition-id", 0))
-    started = time.perf_counter()
-    stats = train_local(
-        model,
-        processor,
-        site.train,
-        steps=int(config[contract.LOCAL_STEPS]),
-        lr=float(config[contract.LEARNING_RATE]),
-        batch_size=int(config[contract.BATCH_SIZE]),
-        seed=run.seed + 100_003 * server_round + partition,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        reference=global_adapter,
-    )
-    update = subtract(get_adapter_state(model), global_adapter)
+    meter = _meter(context)
+    with meter.measure() as energy:
+        run, site, model, processor, global_adapter = _prepare(msg, context)
+        config = msg.content[contract.CONFIG]
+        server_round = int(config[contract.SERVER_ROUND])
+        partition = int(context.node_config.get("partition-id", 0))
+        started = time.perf_counter()
+        stats = train_local(
+            model,
+            processor,
+            site.train,
+            steps=int(config[contract.LOCAL_STEPS]),
+            lr=float(config[contract.LEARNING_RATE]),
+            batch_size=int(config[contract.BATCH_SIZE]),
+            seed=run.seed + 100_003 * server_round + partition,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            reference=global_adapter,
+        )
+        update = subtract(get_adapter_state(model), global_adapter)
     metrics = {
         contract.NUM_EXAMPLES: len(site.train),
         contract.TRAIN_LOSS: stats.mean_loss,
         contract.TRAIN_SECONDS: time.perf_counter() - started,
         contract.BYTES_DOWN: adapter_nbytes(global_adapter),
         contract.BYTES_UP: adapter_nbytes(update),
+        **reading_to_metrics(energy.reading),
     }
     content = RecordDict(
         {
@@ -81,11 +93,13 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global adapter on this site's own validation split (scalars only)."""
-    _, site, model, processor, _ = _prepare(msg, context)
-    stats = evaluate(model, processor, site.val)
+    with _meter(context).measure() as energy:
+        _, site, model, processor, _ = _prepare(msg, context)
+        stats = evaluate(model, processor, site.val)
     metrics = {
         contract.NUM_EXAMPLES: stats.examples,
         contract.EVAL_LOSS: stats.loss,
         contract.EVAL_ACCURACY: stats.accuracy,
+        **reading_to_metrics(energy.reading),
     }
     return Message(content=RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=msg)

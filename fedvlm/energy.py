@@ -500,6 +500,19 @@ class Measurement:
     reading: EnergyReading | None = None
 
 
+@cache
+def _warn_fallback_once() -> None:
+    """Say once per process (not per message) that carbon uses the world average."""
+    log.warning(
+        "no %s or %s set (the coordinator reads them with the '%s' prefix): carbon "
+        "uses the world average %.0f gCO2e/kWh, marked as a fallback in the report",
+        KEY_COUNTRY,
+        KEY_INTENSITY,
+        PREFIX_COORDINATOR,
+        WORLD_AVERAGE_G_PER_KWH,
+    )
+
+
 class EnergyMeter:
     """Measures the energy of blocks of work at one site (a node or the coordinator).
 
@@ -511,14 +524,7 @@ class EnergyMeter:
         self.settings = settings or EnergySettings()
         self._tracker = _shared_tracker() if self.settings.enabled else None
         if self.settings.enabled and self.settings.intensity[1] is IntensitySource.FALLBACK:
-            log.warning(
-                "no %s or %s set (the coordinator reads them with the '%s' prefix): carbon "
-                "uses the world average %.0f gCO2e/kWh, marked as a fallback in the report",
-                KEY_COUNTRY,
-                KEY_INTENSITY,
-                PREFIX_COORDINATOR,
-                WORLD_AVERAGE_G_PER_KWH,
-            )
+            _warn_fallback_once()
 
     @contextmanager
     def measure(self) -> Iterator[Measurement]:

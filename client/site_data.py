@@ -4,7 +4,8 @@ from functools import lru_cache
 
 from fedvlm.config import NodeSettings, SimulationSettings
 from fedvlm.data.imagefolder import load_imagefolder
-from fedvlm.data.site import SiteData, synthetic_site
+from fedvlm.data.partition import synthetic_site
+from fedvlm.data.site import SiteData
 
 
 @lru_cache(maxsize=8)

@@ -16,13 +16,13 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import console
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
-from coordinator.liveness import dropped_nodes, require_replies, wait_for_nodes
-from coordinator.round_record import bytes_by_node, node_energy, payload_bytes
+from coordinator.liveness import wait_for_nodes
+from coordinator.round_record import node_energy
 from coordinator.run_folder import RunFolder
+from coordinator.train_phase import plain_train_phase
 from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
-    adapter_to_arrayrecord,
     arrayrecord_to_adapter,
     get_adapter_state,
     set_adapter_state,
@@ -99,24 +99,20 @@ def main(grid: Grid, context: Context) -> None:
         # Flower's sampling would wait forever for min-available-nodes: bound that wait.
         wait_for_nodes(grid, run.min_available_nodes, node_wait)
 
-        # 1. Train: send the global adapter, receive updates (never base weights).
-        outgoing = list(
-            strategy.configure_train(
-                server_round, adapter_to_arrayrecord(global_adapter), train_config, grid
-            )
+        # 1. Train: send the global adapter, receive updates (never base weights), aggregate.
+        trained = plain_train_phase(
+            strategy,
+            grid,
+            server_round,
+            global_adapter,
+            train_config,
+            timeout=run.round_timeout,
+            min_replies=run.min_train_nodes,
+            meter=meter,
         )
-        replies = list(grid.send_and_receive(outgoing, timeout=run.round_timeout))
-        dropped = dropped_nodes(outgoing, replies)
-        require_replies(server_round, len(outgoing) - len(dropped), run.min_train_nodes, dropped)
-        with meter.measure() as aggregation:
-            new_global, train_metrics = strategy.aggregate_train(server_round, replies)
-            if new_global is None:
-                raise RuntimeError(
-                    f"round {server_round}: no valid update arrived from {len(outgoing)} "
-                    "sampled sites; see the rejections in the ledger and the sites' logs"
-                )
-            global_adapter = arrayrecord_to_adapter(new_global)
-            set_adapter_state(model, global_adapter)
+        new_global = trained.new_global
+        global_adapter = arrayrecord_to_adapter(new_global)
+        set_adapter_state(model, global_adapter)
 
         # 2. Federated evaluation on each site's own validation split (scalars only).
         eval_replies = list(
@@ -132,30 +128,30 @@ def main(grid: Grid, context: Context) -> None:
             central = evaluate(model, processor, heldout)
 
         # 4. Record the round before the next one starts.
-        bytes_down = sum(payload_bytes(m) for m in outgoing)
-        bytes_up = bytes_by_node(replies)
         energy_so_far = round_energy(
-            node_energy(replies, eval_replies),
-            add_readings(aggregation.reading, central_eval.reading),
-            bytes_up,
-            bytes_down,
+            node_energy(trained.replies, eval_replies),
+            add_readings(trained.aggregation_energy, central_eval.reading),
+            trained.bytes_up,
+            trained.bytes_down,
             kwh_per_gb,
             previous=energy_so_far,
         )
         row = {
             "round": server_round,
-            "sites": sorted(m.metadata.src_node_id for m in replies if not m.has_error()),
-            "dropped": dropped,
+            "sites": sorted(m.metadata.src_node_id for m in trained.replies),
+            "dropped": trained.dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
-            "train_loss": None if train_metrics is None else train_metrics.get(contract.TRAIN_LOSS),
+            "train_loss": None
+            if trained.metrics is None
+            else trained.metrics.get(contract.TRAIN_LOSS),
             "fed_eval_accuracy": None
             if fed_metrics is None
             else fed_metrics.get(contract.EVAL_ACCURACY),
             "heldout_accuracy": central.accuracy,
             "heldout_loss": central.loss,
             "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
-            "bytes_down": bytes_down,
-            "bytes_up": sum(bytes_up.values()),
+            "bytes_down": trained.bytes_down,
+            "bytes_up": sum(trained.bytes_up.values()),
             "energy": energy_so_far,
             "seconds": time.perf_counter() - started,
         }

@@ -1,0 +1,77 @@
+"""The training half of a round: send the global adapter, collect updates, aggregate.
+
+Kept apart from the round loop because it has more than one form: plain (each site's
+update reaches the coordinator and is validated one by one) and, with secure aggregation,
+a multi-stage protocol after which the coordinator holds only the sum. Both return the same
+`TrainOutcome`, so the loop in `coordinator/app.py` reads the same either way.
+"""
+
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from coordinator.liveness import dropped_nodes, require_replies
+from coordinator.round_record import bytes_by_node, payload_bytes
+from fedvlm.adapter import Adapter, adapter_to_arrayrecord
+from fedvlm.energy import EnergyMeter, EnergyReading
+from strategies import AdapterStrategy
+
+
+@dataclass
+class TrainOutcome:
+    """What the training half of a round produced, for the ledger and the next round."""
+
+    new_global: ArrayRecord
+    metrics: MetricRecord | None
+    replies: list[Message]  # replies that carry each site's scalar metrics (energy, loss)
+    dropped: list[int]
+    bytes_up: dict[str, int]  # per node id
+    bytes_down: int
+    aggregation_energy: EnergyReading
+
+
+def plain_train_phase(
+    strategy: AdapterStrategy,
+    grid: Grid,
+    server_round: int,
+    global_adapter: Adapter,
+    train_config: ConfigRecord,
+    *,
+    timeout: float,
+    min_replies: int,
+    meter: EnergyMeter,
+) -> TrainOutcome:
+    """One train phase where every update is seen, validated and aggregated by the strategy.
+
+    Raises
+    ------
+    NotEnoughSitesError
+        When fewer than `min_replies` sites answered (named in the message).
+    RuntimeError
+        When every reply was rejected by validation.
+    """
+    outgoing = list(
+        strategy.configure_train(
+            server_round, adapter_to_arrayrecord(global_adapter), train_config, grid
+        )
+    )
+    replies = list(grid.send_and_receive(outgoing, timeout=timeout))
+    dropped = dropped_nodes(outgoing, replies)
+    require_replies(server_round, len(outgoing) - len(dropped), min_replies, dropped)
+    with meter.measure() as aggregation:
+        new_global, metrics = strategy.aggregate_train(server_round, replies)
+    if new_global is None:
+        raise RuntimeError(
+            f"round {server_round}: no valid update arrived from {len(outgoing)} sampled "
+            "sites; see the rejections in the ledger and the sites' logs"
+        )
+    return TrainOutcome(
+        new_global=new_global,
+        metrics=metrics,
+        replies=[m for m in replies if not m.has_error()],
+        dropped=dropped,
+        bytes_up=bytes_by_node(replies),
+        bytes_down=sum(payload_bytes(m) for m in outgoing),
+        aggregation_energy=aggregation.reading,
+    )

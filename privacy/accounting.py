@@ -1,0 +1,130 @@
+"""Privacy accounting as plain data: a history of Gaussian releases and its ε.
+
+Opacus' accountants keep their state as a ``history`` list of ``(noise_multiplier,
+sample_rate, steps)``; that list is all that is needed to recompute ε, so it is what fedvlm
+persists (in a node's ``context.state``, in the coordinator's checkpoint, in the ledger). An
+accountant object is rebuilt from it whenever ε is needed, so no state can silently restart at
+zero because an object did not survive a process.
+"""
+
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedvlm.errors import ConfigError
+
+Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+
+
+@contextmanager
+def _quiet():
+    """Silence the accountants' harmless noise: PRV's log(1 - q) at q = 1 (no subsampling)
+    and RDP's hint that larger orders might tighten a bound that is already valid."""
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
+
+
+@dataclass
+class PrivacyHistory:
+    """Every subsampled-Gaussian release of one protected unit, compressed by (z, q).
+
+    Attributes
+    ----------
+    accountant : str
+        "prv" or "rdp" (Opacus' mechanism names).
+    releases : list of (noise multiplier, sample rate, steps)
+        Consecutive steps with the same z and q share one entry, as in Opacus.
+    """
+
+    accountant: str
+    releases: list[Release] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """Steps accounted so far."""
+        return sum(steps for _, _, steps in self.releases)
+
+    def add(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        """Account ``steps`` more releases at (z, q)."""
+        if steps <= 0:
+            return
+        if self.releases and self.releases[-1][:2] == (noise_multiplier, sample_rate):
+            z, q, done = self.releases[-1]
+            self.releases[-1] = (z, q, done + steps)
+        else:
+            self.releases.append((float(noise_multiplier), float(sample_rate), int(steps)))
+
+    def epsilon(self, delta: float, extra: Iterable[Release] = ()) -> float:
+        """ε at ``delta`` after the accounted releases (plus ``extra`` ones, not recorded).
+
+        Returns 0.0 for an empty history and infinity when any release had no noise.
+        """
+        releases = [r for r in [*self.releases, *extra] if r[2] > 0]
+        if not releases:
+            return 0.0
+        if any(z <= 0 for z, _, _ in releases):
+            return float("inf")
+        accountant = create_accountant(mechanism=self.accountant)
+        accountant.history = list(releases)
+        with _quiet():
+            return float(accountant.get_epsilon(delta=delta))
+
+    def to_lists(self) -> dict[str, list[float] | list[int] | str]:
+        """Flat lists for a Flower ConfigRecord or a JSON ledger."""
+        return {
+            "accountant": self.accountant,
+            "noise": [z for z, _, _ in self.releases],
+            "rate": [q for _, q, _ in self.releases],
+            "steps": [s for _, _, s in self.releases],
+        }
+
+    @classmethod
+    def from_lists(
+        cls, accountant: str, noise: Sequence[float], rate: Sequence[float], steps: Sequence[int]
+    ) -> "PrivacyHistory":
+        """Inverse of `to_lists`."""
+        return cls(
+            accountant,
+            [(float(z), float(q), int(s)) for z, q, s in zip(noise, rate, steps, strict=True)],
+        )
+
+
+def calibrate_noise(
+    key: str,
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+) -> float:
+    """The smallest noise multiplier (to 1%) with which ``steps`` releases spend the budget.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` (the ε budget) when no finite noise reaches it.
+    """
+    try:
+        with _quiet():
+            noise = get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.01 * target_epsilon,
+            )
+    except ValueError as err:
+        raise ConfigError(
+            key,
+            f"ε = {target_epsilon:g} at δ = {delta:g} cannot be reached in {steps} steps at "
+            f"sampling rate {sample_rate:.3g}: {err}",
+        ) from err
+    return float(noise)

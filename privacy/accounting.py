@@ -16,9 +16,13 @@ import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, FedVLMError
 
 Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+
+
+class BudgetExhaustedError(FedVLMError):
+    """The next release would take a protected unit past its ε budget; nothing was released."""
 
 
 @contextmanager

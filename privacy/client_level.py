@@ -25,12 +25,8 @@ import numpy as np
 import torch
 
 from fedvlm.errors import FedVLMError
-from privacy.accounting import PrivacyHistory, calibrate_noise
+from privacy.accounting import BudgetExhaustedError, PrivacyHistory, calibrate_noise
 from privacy.settings import ClientLevelSettings, check_delta
-
-
-class PrivacyBudgetExhausted(FedVLMError):
-    """The next release would take the run past its ε budget; nothing was released."""
 
 
 def update_norm(update: Mapping[str, torch.Tensor]) -> float:
@@ -96,7 +92,7 @@ class ClientLevelDP:
         ------
         ConfigError
             δ too large for this many sites, or a budget no noise can meet.
-        PrivacyBudgetExhausted
+        BudgetExhaustedError
             When this round's release would pass the ε budget (the run must end).
         """
         sample_rate = num_sampled / num_sites
@@ -114,7 +110,7 @@ class ClientLevelDP:
             check_delta("dp-client-delta", self.settings.delta, num_sites, "sites")
         after = self.history.epsilon(self.settings.delta, [(self.noise_multiplier, sample_rate, 1)])
         if after > self.settings.target_epsilon:
-            raise PrivacyBudgetExhausted(
+            raise BudgetExhaustedError(
                 f"client-level privacy budget spent: ε would reach {after:.3f} > "
                 f"{self.settings.target_epsilon:g} (dp-client-target-epsilon) at δ = "
                 f"{self.settings.delta:g} after {self.history.steps} rounds released"

@@ -7,6 +7,7 @@ same path a hub model takes. Seeded and single-threaded, so a rebuild gives the 
 """
 
 import argparse
+import math
 import random
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from fedvlm.embedded.shapes import IMAGE_SIZE, make_examples, vocabulary_text
 from fedvlm.training import evaluate, train_local
 
 PATCH_SIZE = 8  # 64 px / 8 = 8 x 8 = 64 image tokens
+PEAK_LR = 1.5e-3
+CHUNK = 250  # steps per train_local call; each call encodes a fresh example pool
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<image>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -49,7 +52,7 @@ def build_processor() -> LlavaProcessor:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=512,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -119,20 +122,23 @@ def build(out: Path, steps: int, seed: int = 0) -> float:
     model = build_model(processor)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny-llava: {n_params / 1e6:.2f}M parameters, vocab {len(processor.tokenizer)}")
-    train, held_out = make_examples(3000, seed=seed + 1), make_examples(300, seed=seed + 2)
-    start, chunk = time.perf_counter(), 100
-    for done in range(0, steps, chunk):
+    held_out = make_examples(300, seed=seed + 1)
+    start = time.perf_counter()
+    for done in range(0, steps, CHUNK):
+        # A fresh pool per chunk (never the held-out seed) and a cosine-decayed learning rate.
+        pool = make_examples(2000, seed=seed + 2 + done)
+        lr = PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done / steps)))
         stats = train_local(
             model,
             processor,
-            train,
-            steps=min(chunk, steps - done),
-            lr=1e-3,
+            pool,
+            steps=min(CHUNK, steps - done),
+            lr=lr,
             batch_size=16,
             seed=seed + done,
         )
         print(
-            f"step {done + stats.steps:5d}  loss {stats.mean_loss:.3f}  "
+            f"step {done + stats.steps:5d}  lr {lr:.1e}  loss {stats.mean_loss:.3f}  "
             f"{time.perf_counter() - start:6.1f} s",
             flush=True,
         )
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     build(args.out, args.steps, args.seed)

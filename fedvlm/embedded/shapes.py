@@ -103,8 +103,12 @@ def make_examples(
 
 
 def vocabulary_text() -> list[str]:
-    """Every question and answer string the tokenizer should encode compactly."""
-    lines = [
+    """Every question and answer string the tokenizer should encode compactly.
+
+    Answers follow the assistant tag directly, without a leading space, so each answer word also
+    appears alone on its own line: byte-level BPE then gives it a single token.
+    """
+    questions = [
         "how many shapes are there?",
         "describe the shape.",
         "what shape is it?",
@@ -113,7 +117,7 @@ def vocabulary_text() -> list[str]:
         "how large is the shape?",
         "is the shape on the left?",
         *(f"is there a {s}?" for s in SHAPES),
-        " ".join((*SHAPES, *COLOURS, *NUMBERS, "top", "bottom")),
-        *RADIOGRAPH_TEXT,
+        *RADIOGRAPH_TEXT[:-1],
     ]
-    return lines
+    words = [*SHAPES, *COLOURS, *NUMBERS, "top", "bottom", *RADIOGRAPH_TEXT[-1].split()]
+    return questions + words + [" ".join(words)]

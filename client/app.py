@@ -11,9 +11,12 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.secure_aggregation import refuse_plain_train
+from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
 from fedvlm import contract
 from fedvlm.adapter import (
+    Adapter,
     adapter_nbytes,
     adapter_to_arrayrecord,
     arrayrecord_to_adapter,
@@ -51,40 +54,49 @@ def _meter(context: Context) -> EnergyMeter:
     return EnergyMeter(EnergySettings.from_config(config))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the global adapter on local images and reply with the update."""
-    meter = _meter(context)
-    with meter.measure() as energy:
-        run, site, model, processor, global_adapter = _prepare(msg, context)
-        config = msg.content[contract.CONFIG]
-        server_round = int(config[contract.SERVER_ROUND])
-        partition = int(context.node_config.get("partition-id", 0))
-        started = time.perf_counter()
-        stats = train_local(
-            model,
-            processor,
-            site.train,
-            steps=int(config[contract.LOCAL_STEPS]),
-            lr=float(config[contract.LEARNING_RATE]),
-            batch_size=int(config[contract.BATCH_SIZE]),
-            seed=run.seed + 100_003 * server_round + partition,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-            reference=global_adapter,
-        )
-        update = subtract(get_adapter_state(model), global_adapter)
+def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, float | int]]:
+    """Train the global adapter on local images; return the update and its scalar metrics.
+
+    Shared by the plain `train` reply and the secure-aggregation masked-input stage, so
+    both send the result of the very same local training (energy is metered by the caller).
+    """
+    run, site, model, processor, global_adapter = _prepare(msg, context)
+    config = msg.content[contract.CONFIG]
+    server_round = int(config[contract.SERVER_ROUND])
+    partition = int(context.node_config.get("partition-id", 0))
+    started = time.perf_counter()
+    stats = train_local(
+        model,
+        processor,
+        site.train,
+        steps=int(config[contract.LOCAL_STEPS]),
+        lr=float(config[contract.LEARNING_RATE]),
+        batch_size=int(config[contract.BATCH_SIZE]),
+        seed=run.seed + 100_003 * server_round + partition,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        reference=global_adapter,
+    )
+    update = subtract(get_adapter_state(model), global_adapter)
     metrics = {
         contract.NUM_EXAMPLES: len(site.train),
         contract.TRAIN_LOSS: stats.mean_loss,
         contract.TRAIN_SECONDS: time.perf_counter() - started,
         contract.BYTES_DOWN: adapter_nbytes(global_adapter),
         contract.BYTES_UP: adapter_nbytes(update),
-        **reading_to_metrics(energy.reading),
     }
+    return update, metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global adapter on local images and reply with the update."""
+    refuse_plain_train(context)
+    with _meter(context).measure() as energy:
+        update, metrics = train_update(msg, context)
     content = RecordDict(
         {
             contract.ARRAYS: adapter_to_arrayrecord(update),
-            contract.METRICS: MetricRecord(metrics),
+            contract.METRICS: MetricRecord({**metrics, **reading_to_metrics(energy.reading)}),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -103,3 +115,6 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         **reading_to_metrics(energy.reading),
     }
     return Message(content=RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+register_secure_aggregation(app, train_update, _meter)

@@ -1,0 +1,147 @@
+"""A site's side of secure aggregation: the five SecAgg+ stages as ClientApp handlers.
+
+With ``secure-aggregation = true`` the coordinator never receives a site's adapter update.
+It drives the round through five messages (``privacy.secagg.flower.MESSAGE_TYPES``); the
+third, ``train.secagg_masked_input``, brings the global adapter and train config like a plain
+train message: the site trains with the very same code as a plain round, clips the update,
+flattens it, and replies with the masked integer vector plus scalar metrics only. Between
+stages the site's secrets live in ``context.state`` (never sent), because Flower may start a
+fresh ClientApp process for every message.
+
+A site recomputes the round's protocol parameters from its own run config and refuses a
+coordinator that offers different ones (an error reply and a log line naming the keys).
+"""
+
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from flwr.app import Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+
+from fedvlm import contract
+from fedvlm.adapter import Adapter
+from fedvlm.energy import EnergyMeter, reading_to_metrics
+from fedvlm.errors import FedVLMError
+from privacy.secagg import CoordinatorMisbehaviourError, SecAggClient, SecAggConfig
+from privacy.secagg.flower import (
+    MESSAGE_TYPES,
+    load_client,
+    payload_to_recorddict,
+    recorddict_to_payload,
+    save_client,
+    stage_of,
+)
+from privacy.secagg.messages import MASKED, Stage
+from privacy.secagg.settings import SecureAggregationSettings, check_offered, flatten_update
+
+log = logging.getLogger(__name__)
+
+TrainUpdate = Callable[[Message, Context], tuple[Adapter, dict[str, float | int]]]
+MeterFor = Callable[[Context], EnergyMeter]
+
+
+def uniform_weights(context: Context) -> bool:
+    """Whether every site weighs 1 in the sum (client-level DP), never its example count."""
+    return context.run_config.get("dp-mode") == "client"
+
+
+@contextmanager
+def _refusals_logged(message: Message, context: Context):
+    """Log why this site refuses a stage before Flower turns the error into an error reply."""
+    try:
+        yield
+    except FedVLMError as err:
+        log.error(
+            "site %s refuses secure-aggregation stage '%s': %s",
+            context.node_id,
+            message.metadata.message_type,
+            err,
+        )
+        raise
+
+
+def _setup(message: Message, context: Context) -> Message:
+    """Stage 0: check the coordinator's parameters against ours, then draw fresh keys."""
+    with _refusals_logged(message, context):
+        settings = SecureAggregationSettings.from_config(context.run_config)
+        payload = recorddict_to_payload(message.content)
+        offered = SecAggConfig.from_dict(payload)
+        check_offered(offered, settings, uniform_weights=uniform_weights(context))
+        client, reply = SecAggClient.setup(payload)
+    save_client(context.state, client)
+    return Message(payload_to_recorddict(reply), reply_to=message)
+
+
+def _protocol_stage(message: Message, context: Context) -> Message:
+    """Stages 1, 3 and 4: pure protocol work on the state kept since setup."""
+    with _refusals_logged(message, context):
+        stage_of(message.metadata.message_type)
+        client = load_client(context.state)
+        reply = client.handle(recorddict_to_payload(message.content))
+    save_client(context.state, client)
+    return Message(payload_to_recorddict(reply), reply_to=message)
+
+
+def masked_input_handler(train_update: TrainUpdate, meter_for: MeterFor):
+    """Return the stage-2 handler: train as in a plain round, clip, mask, reply.
+
+    Parameters
+    ----------
+    train_update : callable
+        ``(message, context) -> (update, metrics)``: the plain round's local training.
+    meter_for : callable
+        ``context -> EnergyMeter`` of this site.
+    """
+
+    def masked_input(message: Message, context: Context) -> Message:
+        with _refusals_logged(message, context):
+            settings = SecureAggregationSettings.from_config(context.run_config)
+            client = load_client(context.state)  # fail before training if setup never ran
+            payload = recorddict_to_payload(message.content)
+            uniform = uniform_weights(context)
+            with meter_for(context).measure() as energy:
+                update, metrics = train_update(message, context)
+                flat = flatten_update(update, client.config.clip)
+                weight = settings.weight(
+                    int(metrics[contract.NUM_EXAMPLES]), uniform_weights=uniform
+                )
+                reply = client.handle(payload, flat, weight)
+        save_client(context.state, client)
+        metrics[contract.BYTES_UP] = int(reply[MASKED].nbytes)
+        content = payload_to_recorddict(reply)
+        content[contract.METRICS] = MetricRecord({**metrics, **reading_to_metrics(energy.reading)})
+        return Message(content, reply_to=message)
+
+    return masked_input
+
+
+def register(app: ClientApp, train_update: TrainUpdate, meter_for: MeterFor) -> None:
+    """Register the five stage handlers on ``app`` (called by ``client/app.py``)."""
+    handlers = {
+        Stage.SETUP: _setup,
+        Stage.SHARE_KEYS: _protocol_stage,
+        Stage.MASKED_INPUT: masked_input_handler(train_update, meter_for),
+        Stage.CONSISTENCY: _protocol_stage,
+        Stage.UNMASK: _protocol_stage,
+    }
+    for stage, handler in handlers.items():
+        category, action = MESSAGE_TYPES[stage].split(".")
+        getattr(app, category)(action)(handler)
+
+
+def refuse_plain_train(context: Context) -> None:
+    """Refuse to send a plain update when this run promises secure aggregation.
+
+    Raises
+    ------
+    CoordinatorMisbehaviourError
+        If ``secure-aggregation = true``: the coordinator asked for the update in the clear.
+    """
+    if SecureAggregationSettings.from_config(context.run_config).enabled:
+        log.error(
+            "site %s refuses a plain train message: secure-aggregation = true", context.node_id
+        )
+        raise CoordinatorMisbehaviourError(
+            "the coordinator asked for a plain update but this run has secure-aggregation = true"
+        )

@@ -1,0 +1,179 @@
+"""What both ends of a federation agree on before a secure round: settings and update layout.
+
+The coordinator and every site parse the same ``secagg-*`` run-config keys with the same
+defaults (``SecureAggregationSettings``), so a site can recompute the round's parameters on
+its own and refuse a coordinator that sends weaker ones. ``flatten_update`` and
+``unflatten_sum`` fix how an adapter (name -> tensor) becomes the one flat vector the protocol
+masks, and back: sorted names, so the order never depends on how a transport kept them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedvlm.config import read
+from fedvlm.errors import ConfigError
+
+from .config import KEYS, SecAggConfig
+from .errors import CoordinatorMisbehaviourError, MalformedPayloadError
+
+log = logging.getLogger(__name__)
+
+ENABLED_KEY = "secure-aggregation"
+
+
+@dataclass(frozen=True)
+class SecureAggregationSettings:
+    """The ``secure-aggregation`` and ``secagg-*`` run-config keys, parsed and checked once.
+
+    Attributes
+    ----------
+    enabled : bool
+        ``secure-aggregation``: aggregate train replies with SecAgg+.
+    clip : float
+        ``secagg-clip``: L2 norm every update is clipped to before masking. An L2 bound
+        bounds every coordinate, so it is also the quantisation range ``[-clip, clip]``.
+        The default sits above the embedded model's usual update (16 Adam steps at lr 3e-3:
+        norm ~5.4); a larger clip only coarsens the quantisation step ``2 clip / levels``.
+    max_weight : int
+        ``secagg-max-weight``: a site's weight is its example count capped at this; 1 gives
+        equal weights.
+    levels, degree, threshold : int
+        ``secagg-levels`` / ``-degree`` / ``-threshold``; 0 lets `SecAggConfig` pick them
+        from the number of sites in the round.
+    """
+
+    enabled: bool = False
+    clip: float = 10.0
+    max_weight: int = 1000
+    levels: int = 0
+    degree: int = 0
+    threshold: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SecureAggregationSettings:
+        """Parse a Flower ``run_config``; raises ConfigError naming the key at fault."""
+        d = cls()
+
+        def finite_positive(v: float) -> bool:
+            return math.isfinite(v) and v > 0
+
+        def at_least(low: int):
+            return lambda v: v >= low
+
+        settings = cls(
+            enabled=read(config, ENABLED_KEY, bool, d.enabled),
+            clip=read(config, KEYS["clip"], float, d.clip, finite_positive, "a finite number > 0"),
+            max_weight=read(config, KEYS["max_weight"], int, d.max_weight, at_least(1), ">= 1"),
+            levels=read(config, KEYS["levels"], int, d.levels, at_least(0), ">= 0 (0 = auto)"),
+            degree=read(config, KEYS["degree"], int, d.degree, at_least(0), ">= 0 (0 = auto)"),
+            threshold=read(
+                config, KEYS["threshold"], int, d.threshold, at_least(0), ">= 0 (0 = auto)"
+            ),
+        )
+        if settings.levels == 1:
+            raise ConfigError(KEYS["levels"], "must be 0 (auto) or at least 2")
+        return settings
+
+    def round_config(self, num_clients: int, *, uniform_weights: bool = False) -> SecAggConfig:
+        """Return the protocol parameters of a round over ``num_clients`` sites.
+
+        Parameters
+        ----------
+        num_clients : int
+            Sites sampled for the round (sizes the modulus and the automatic graph).
+        uniform_weights : bool
+            Every site weighs 1 (client-level DP): the weight bound becomes 1, which leaves
+            the finest quantisation step.
+
+        Raises
+        ------
+        ConfigError
+            Naming the ``secagg-*`` key that cannot work for this many sites.
+        """
+        return SecAggConfig(
+            num_clients=num_clients,
+            clip=self.clip,
+            levels=self.levels,
+            max_weight=1 if uniform_weights else self.max_weight,
+            degree=self.degree,
+            threshold=self.threshold,
+        )
+
+    def weight(self, num_examples: int, *, uniform_weights: bool = False) -> int:
+        """Return the integer weight a site with ``num_examples`` carries in the sum."""
+        return 1 if uniform_weights else max(0, min(int(num_examples), self.max_weight))
+
+
+def check_offered(
+    offered: SecAggConfig, settings: SecureAggregationSettings, *, uniform_weights: bool
+) -> None:
+    """Refuse a round whose parameters differ from what this site's own settings give.
+
+    A coordinator could otherwise lower the threshold or the degree (fewer shares reveal a
+    site's masks) or the clip (a silently distorted update) without any site noticing.
+
+    Raises
+    ------
+    CoordinatorMisbehaviourError
+        Naming each ``secagg-*`` key whose offered value differs from the expected one.
+    """
+    if not settings.enabled:
+        raise CoordinatorMisbehaviourError(
+            f"the coordinator asks for secure aggregation but this run has {ENABLED_KEY} = false"
+        )
+    expected = settings.round_config(offered.num_clients, uniform_weights=uniform_weights)
+    got, want = offered.to_dict(), expected.to_dict()
+    differing = [f"{k} = {got[k]!r} (expected {want[k]!r})" for k in want if got[k] != want[k]]
+    if differing:
+        raise CoordinatorMisbehaviourError(
+            "the coordinator's secure-aggregation settings differ from this site's run "
+            f"config: {', '.join(differing)}"
+        )
+
+
+def flatten_update(update: Mapping[str, Any], clip: float) -> np.ndarray:
+    """Return the update as one float64 vector (sorted names), scaled to L2 norm <= ``clip``.
+
+    Parameters
+    ----------
+    update : mapping of name -> tensor
+        Adapter update (torch tensors or numpy arrays).
+    clip : float
+        ``secagg-clip``: an update with a larger L2 norm is scaled down to it (direction
+        kept), so no coordinate can leave ``[-clip, clip]`` and quantisation never clips.
+    """
+    flat = np.concatenate(
+        [np.asarray(update[name], dtype=np.float64).ravel() for name in sorted(update)]
+    )
+    norm = float(np.linalg.norm(flat))
+    if norm > clip:
+        log.info("update norm %.4g scaled down to %s = %.4g", norm, KEYS["clip"], clip)
+        flat *= clip / norm
+    return flat
+
+
+def unflatten_sum(flat: np.ndarray, like: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Split a flat (summed) vector back into float32 tensors shaped like ``like``.
+
+    Raises
+    ------
+    MalformedPayloadError
+        If the vector's length does not match the layout.
+    """
+    sizes = {name: math.prod(like[name]) for name in sorted(like)}
+    if flat.size != sum(sizes.values()):
+        raise MalformedPayloadError(
+            f"the unmasked sum has {flat.size} values but the adapter has {sum(sizes.values())}"
+        )
+    out, offset = {}, 0
+    for name, size in sizes.items():
+        out[name] = flat[offset : offset + size].reshape(like[name]).astype(np.float32)
+        offset += size
+    return out

@@ -1,0 +1,279 @@
+"""Secure aggregation wired into the apps, in one process: the real ClientApp handlers
+(training included) behind a Grid that delivers messages the way Flower does (through
+protobuf, with each node's `context.state` kept between messages), driven by the
+coordinator's `secure_train_phase`.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import (
+    message_from_proto,
+    message_to_proto,
+    recorddict_from_proto,
+    recorddict_to_proto,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app as client_app
+from client.secure_aggregation import register
+from coordinator.liveness import NotEnoughSitesError
+from coordinator.secure_phase import secure_train_phase
+from fedvlm import contract
+from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
+from fedvlm.config import RunSettings
+from fedvlm.energy import EnergyMeter, EnergySettings
+from fedvlm.errors import ConfigError
+from fedvlm.vlm import load_peft_model
+from privacy.secagg.settings import SecureAggregationSettings
+from strategies import FedAvg, Median, require_linear
+
+NODES = [101, 202, 303, 404]  # complete graph, threshold 2: one dropout is tolerated
+RUN_CONFIG = {
+    "secure-aggregation": True,
+    "secagg-clip": 5.0,
+    "local-steps": 2,
+    "batch-size": 4,
+    "sim-examples-per-site": 12,
+    "sim-val-examples-per-site": 4,
+    "energy-tracking": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """Set the process identity Flower's ServerApp runtime sets before ``@app.main`` runs."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+def _wire(message: Message) -> Message:
+    return message_from_proto(message_to_proto(message))
+
+
+class LocalGrid:
+    """Delivers each message to a node's ClientApp in this process, as Flower would.
+
+    ``fail`` maps a message type to nodes whose ClientApp crashes on it (a dropout there).
+    """
+
+    def __init__(self, app: ClientApp, run_config: dict, fail: dict[str, set[int]] | None = None):
+        self.app = app
+        self.fail = fail or {}
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": len(NODES)},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i, node in enumerate(NODES)
+        }
+        self.sent: list[str] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            self.sent.append(message.metadata.message_type)
+            if node in self.fail.get(message.metadata.message_type, set()):
+                continue
+            context = self.contexts[node]
+            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
+            try:
+                reply = self.app(_wire(message), context)
+            except Exception as err:  # Flower turns a raising ClientApp into an error reply
+                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
+            replies.append(_wire(reply))
+        return replies
+
+
+@pytest.fixture(scope="module")
+def global_adapter():
+    run = RunSettings.from_config(RUN_CONFIG)
+    model, _ = load_peft_model(run.base_model, run.lora)
+    return get_adapter_state(model)
+
+
+def _train_config() -> ConfigRecord:
+    return ConfigRecord(
+        {
+            contract.LOCAL_STEPS: 2,
+            contract.LEARNING_RATE: 0.003,
+            contract.BATCH_SIZE: 4,
+            contract.SEED: 0,
+        }
+    )
+
+
+def _capturing_app() -> tuple[ClientApp, dict[int, tuple]]:
+    """A ClientApp with the real stage handlers and training, remembering each update."""
+    seen: dict[int, tuple] = {}
+
+    def train_update(message, context):
+        update, metrics = client_app.train_update(message, context)
+        seen[context.node_id] = (update, dict(metrics))
+        return update, metrics
+
+    app = ClientApp()
+    register(app, train_update, client_app._meter)
+    return app, seen
+
+
+def _strategy():
+    return FedAvg(min_train_nodes=2, min_available_nodes=2)
+
+
+def _phase(grid, global_adapter, **kwargs):
+    return secure_train_phase(
+        _strategy(),
+        grid,
+        1,
+        global_adapter,
+        _train_config(),
+        timeout=10,
+        min_replies=2,
+        meter=EnergyMeter(EnergySettings(enabled=False)),
+        settings=SecureAggregationSettings.from_config(RUN_CONFIG),
+        **kwargs,
+    )
+
+
+def _plain_fedavg(global_adapter, seen, nodes) -> dict[str, np.ndarray]:
+    """What plain FedAvg makes of the same updates, sent as ordinary train replies."""
+    strategy = _strategy()
+    strategy.configure_train(1, adapter_to_arrayrecord(global_adapter), _train_config(), _Nodes())
+    replies = []
+    for node in nodes:
+        update, metrics = seen[node]
+        content = RecordDict(
+            {
+                contract.ARRAYS: adapter_to_arrayrecord(update),
+                contract.METRICS: MetricRecord(metrics),
+            }
+        )
+        sent = Message(RecordDict(), dst_node_id=node, message_type="train")
+        replies.append(Message(content, reply_to=sent))
+    new_global, _ = strategy.aggregate_train(1, replies)
+    assert new_global is not None
+    return {k: v.numpy() for k, v in new_global.items()}
+
+
+class _Nodes:
+    def get_node_ids(self):
+        return NODES
+
+
+def test_secure_round_applies_the_fedavg_aggregate_within_the_quantisation_bound(
+    global_adapter,
+):
+    app, seen = _capturing_app()
+    grid = LocalGrid(app, RUN_CONFIG)
+    outcome = _phase(grid, global_adapter)
+
+    assert sorted(m.metadata.src_node_id for m in outcome.replies) == NODES
+    assert outcome.dropped == []
+    # Only masked integers and scalars left the sites: no reply carries an adapter.
+    assert all(contract.ARRAYS not in m.content for m in outcome.replies)
+    for update, _ in seen.values():  # so the sites did not clip: FedAvg is the reference
+        assert np.sqrt(sum(float((t.double() ** 2).sum()) for t in update.values())) < 5.0
+    expected = _plain_fedavg(global_adapter, seen, NODES)
+    config = SecureAggregationSettings.from_config(RUN_CONFIG).round_config(len(NODES))
+    got = {k: v.numpy() for k, v in outcome.new_global.items()}
+    assert set(got) == set(expected)
+    moved = max(float(np.abs(expected[k] - global_adapter[k].numpy()).max()) for k in got)
+    assert moved > 50 * config.step  # the round really changed the adapter
+    for name in got:
+        # Mean error <= one quantisation step, plus float32 rounding of the adapter.
+        bound = config.step + 1e-6 * (1 + np.abs(expected[name]))
+        assert np.all(np.abs(got[name] - expected[name]) <= bound), name
+    # Weighted by example count, and each site's scalars arrived for the ledger.
+    losses = {n: seen[n][1][contract.TRAIN_LOSS] for n in NODES}
+    examples = {n: seen[n][1][contract.NUM_EXAMPLES] for n in NODES}
+    mean_loss = sum(losses[n] * examples[n] for n in NODES) / sum(examples.values())
+    assert outcome.metrics[contract.TRAIN_LOSS] == pytest.approx(mean_loss)
+    length = sum(t.numel() for t in global_adapter.values())
+    for reply in outcome.replies:
+        assert reply.content[contract.METRICS][contract.BYTES_UP] == (length + 1) * 4  # uint32
+        assert outcome.bytes_up[str(reply.metadata.src_node_id)] > (length + 1) * 4
+    assert grid.sent.count("train.secagg_masked_input") == len(NODES)
+    assert "train" not in grid.sent
+
+
+def test_a_site_that_crashes_while_training_is_left_out_of_the_sum(global_adapter):
+    app, seen = _capturing_app()
+    grid = LocalGrid(app, RUN_CONFIG, fail={"train.secagg_masked_input": {202}})
+    outcome = _phase(grid, global_adapter)
+    assert outcome.dropped == [202]
+    assert sorted(m.metadata.src_node_id for m in outcome.replies) == [101, 303, 404]
+    expected = _plain_fedavg(global_adapter, seen, [101, 303, 404])
+    for name, array in outcome.new_global.items():
+        assert np.allclose(array.numpy(), expected[name], atol=1e-5), name
+
+
+def test_too_many_dropouts_stop_the_round_with_a_clear_error(global_adapter):
+    app, _ = _capturing_app()
+    grid = LocalGrid(app, RUN_CONFIG, fail={"query.secagg_share_keys": {101, 202, 303}})
+    with pytest.raises(NotEnoughSitesError, match="secure aggregation cannot complete"):
+        _phase(grid, global_adapter)
+
+
+def test_sites_refuse_a_coordinator_that_lowers_the_threshold(global_adapter, caplog):
+    app, seen = _capturing_app()
+    weaker = {**RUN_CONFIG, "secagg-degree": 2, "secagg-threshold": 2}
+    sites = LocalGrid(app, RUN_CONFIG)  # the sites' own run config: complete graph, t = 2
+    coordinator_settings = SecureAggregationSettings.from_config(weaker)
+    with pytest.raises(NotEnoughSitesError):
+        secure_train_phase(
+            _strategy(),
+            sites,
+            1,
+            global_adapter,
+            _train_config(),
+            timeout=10,
+            min_replies=2,
+            meter=EnergyMeter(EnergySettings(enabled=False)),
+            settings=coordinator_settings,
+        )
+    assert seen == {}  # nobody trained, nothing was masked
+    refusals = [r for r in caplog.records if "refuses secure-aggregation stage" in r.message]
+    assert len(refusals) == len(NODES)
+    assert "secagg-degree" in refusals[0].message
+
+
+def test_a_site_refuses_to_send_a_plain_update_when_secure_aggregation_is_on(global_adapter):
+    grid = LocalGrid(client_app.app, RUN_CONFIG)
+    message = Message(
+        RecordDict(
+            {
+                contract.ARRAYS: adapter_to_arrayrecord(global_adapter),
+                contract.CONFIG: ConfigRecord({**_train_config(), contract.SERVER_ROUND: 1}),
+            }
+        ),
+        dst_node_id=101,
+        message_type="train",
+    )
+    [reply] = grid.send_and_receive([message])
+    assert reply.has_error()
+    assert "secure-aggregation = true" in reply.error.reason
+
+
+def test_secure_aggregation_refuses_a_non_linear_strategy_naming_the_key():
+    with pytest.raises(ConfigError, match="strategy") as err:
+        require_linear(Median(), "secure aggregation is on (secure-aggregation = true)")
+    assert "secure-aggregation" in str(err.value)
+
+
+def test_the_update_sum_is_refused_unless_finite(global_adapter):
+    strategy = _strategy()
+    strategy.configure_train(1, adapter_to_arrayrecord(global_adapter), _train_config(), _Nodes())
+    bad = {k: np.full(tuple(v.shape), np.nan, np.float32) for k, v in global_adapter.items()}
+    with pytest.raises(Exception, match="finite"):
+        strategy.apply_update_sum(1, bad, 3.0)

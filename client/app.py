@@ -6,11 +6,13 @@ adapter with the global one, train on local images, and send back only the adapt
 """
 
 import time
+from typing import Any
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.dp import protect_update, train_with_privacy
 from client.secure_aggregation import refuse_plain_train
 from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
@@ -26,8 +28,9 @@ from fedvlm.adapter import (
 )
 from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
-from fedvlm.training import evaluate, train_local
+from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
+from privacy.site_account import SiteRefusalError, refusal_reply
 
 app = ClientApp()
 
@@ -54,7 +57,7 @@ def _meter(context: Context) -> EnergyMeter:
     return EnergyMeter(EnergySettings.from_config(config))
 
 
-def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, float | int]]:
+def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any]]:
     """Train the global adapter on local images; return the update and its scalar metrics.
 
     Shared by the plain `train` reply and the secure-aggregation masked-input stage, so
@@ -65,24 +68,26 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, flo
     server_round = int(config[contract.SERVER_ROUND])
     partition = int(context.node_config.get("partition-id", 0))
     started = time.perf_counter()
-    stats = train_local(
+    # Under sample-level DP this trains with DP-SGD, or refuses (SiteRefusalError) a round
+    # that would exceed the site's ε budget; under client-level DP the update is clipped.
+    stats, privacy_metrics = train_with_privacy(
+        context,
+        config,
+        run,
         model,
         processor,
         site.train,
-        steps=int(config[contract.LOCAL_STEPS]),
-        lr=float(config[contract.LEARNING_RATE]),
-        batch_size=int(config[contract.BATCH_SIZE]),
         seed=run.seed + 100_003 * server_round + partition,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
         reference=global_adapter,
     )
-    update = subtract(get_adapter_state(model), global_adapter)
+    update = protect_update(context.run_config, subtract(get_adapter_state(model), global_adapter))
     metrics = {
         contract.NUM_EXAMPLES: len(site.train),
         contract.TRAIN_LOSS: stats.mean_loss,
         contract.TRAIN_SECONDS: time.perf_counter() - started,
         contract.BYTES_DOWN: adapter_nbytes(global_adapter),
         contract.BYTES_UP: adapter_nbytes(update),
+        **privacy_metrics,
     }
     return update, metrics
 
@@ -91,8 +96,11 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, flo
 def train(msg: Message, context: Context) -> Message:
     """Train the global adapter on local images and reply with the update."""
     refuse_plain_train(context)
-    with _meter(context).measure() as energy:
-        update, metrics = train_update(msg, context)
+    try:
+        with _meter(context).measure() as energy:
+            update, metrics = train_update(msg, context)
+    except SiteRefusalError as refusal:  # budget spent or settings invalid here: no update
+        return refusal_reply(msg, refusal)
     content = RecordDict(
         {
             contract.ARRAYS: adapter_to_arrayrecord(update),

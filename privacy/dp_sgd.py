@@ -1,0 +1,126 @@
+"""DP-SGD at a site: Opacus on the PEFT model, one call per round.
+
+Same contract as `fedvlm.training.train_local` (AdamW on the parameters that require grad,
+answer-token loss), with what DP-SGD changes:
+
+- batches are Poisson samples (each example independently with probability q), drawn by
+  Opacus' `DPDataLoader`, which the privacy amplification of the accountant assumes;
+- each example's gradient is clipped to ``max_grad_norm`` and Gaussian noise of std
+  ``noise_multiplier * max_grad_norm`` is added to their sum (Opacus' `DPOptimizer`);
+- an empty Poisson batch skips the forward (the VLM cannot run on zero images), gives every
+  trainable parameter a zero-size ``grad_sample`` and still calls ``optimizer.step()``: the
+  noise is still added and the accountant still counts the step;
+- the Opacus hooks are removed afterwards, because the model is cached per process and is
+  evaluated (and trained again) after this call.
+
+Randomness: the Poisson draws and the noise must be secret from the coordinator (the seed it
+hands out for non-DP batches would let it undo both), so by default they come from a torch
+generator seeded with 63 bits of OS entropy, in a forked RNG that leaves the caller's stream
+untouched. ``rng_seed`` fixes them for tests and benchmarks only.
+"""
+
+import math
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import PreTrainedModel, ProcessorMixin
+
+from fedvlm.batching import encode, score
+from fedvlm.data.example import VQAExample
+from fedvlm.errors import DataError
+from fedvlm.training import TrainStats, take
+from privacy.accounting import Release
+
+
+def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
+    """q as Opacus derives it from a DataLoader: 1 / number of batches per epoch."""
+    return 1.0 / math.ceil(num_examples / batch_size)
+
+
+@dataclass
+class DPTrainStats(TrainStats):
+    """`TrainStats` plus what the accountant must add for this round."""
+
+    releases: list[Release]
+    empty_batches: int
+
+
+def train_local_dp(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    examples: Sequence[VQAExample],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str = "hooks",
+    rng_seed: int | None = None,
+) -> DPTrainStats:
+    """Run ``steps`` DP-SGD (AdamW) steps with Poisson batches of expected size ``batch_size``.
+
+    Returns the round's releases ``(noise_multiplier, sample_rate, steps)`` as Opacus'
+    accountant counted them; the caller adds them to the site's persisted history.
+    """
+    if not examples:
+        raise DataError("train_local_dp: no training examples")
+    start = time.perf_counter()
+    data = encode(processor, examples)
+    params = [p for p in model.parameters() if p.requires_grad]
+    index_loader = DataLoader(TensorDataset(torch.arange(len(examples))), batch_size=batch_size)
+    engine = PrivacyEngine(accountant="prv")
+    model.train()  # Opacus validates that the model is in training mode
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(secrets.randbits(63) if rng_seed is None else rng_seed)
+        hooks, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+            data_loader=index_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=grad_sample_mode,
+            wrap_model=False,
+        )
+        losses: list[float] = []
+        empty = 0
+        try:
+            batches = iter(loader)
+            for _ in range(steps):
+                index = next(batches, None)
+                if index is None:  # one pass over the Poisson loader is 1/q batches
+                    batches = iter(loader)
+                    index = next(batches)
+                index = index[0]
+                optimizer.zero_grad(set_to_none=True)
+                if len(index) == 0:
+                    empty += 1
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                else:
+                    answer_loss, _ = score(model, take(data, index))
+                    loss = answer_loss.mean()
+                    loss.backward()
+                    losses.append(loss.item())
+                optimizer.step()
+        finally:
+            hooks.cleanup()
+            for p in params:
+                p.grad = None
+            model.eval()
+    return DPTrainStats(
+        steps=steps,
+        examples=len(examples),
+        mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+        first_loss=losses[0] if losses else float("nan"),
+        last_loss=losses[-1] if losses else float("nan"),
+        seconds=time.perf_counter() - start,
+        releases=[(float(z), float(q), int(s)) for z, q, s in engine.accountant.history],
+        empty_batches=empty,
+    )

@@ -1,0 +1,40 @@
+"""Names of the DP fields in train messages and in a node's persistent state.
+
+The client and the coordinator never import each other; both read these names from here
+(`privacy` is imported by both), so a rename cannot break one side silently. Values are
+scalars or lists of scalars only: accounting parameters, never anything about an example.
+"""
+
+# Train reply MetricRecord (site -> coordinator), sample-level DP.
+REFUSED = "dp-refused"  # absent or 0: trained; 1: budget would be exceeded; 2: misconfigured
+SITE = "dp-site"  # stable site key: partition id in simulation, node id in deployment
+EPSILON = "dp-epsilon"  # ε spent after this round (or so far, when refused)
+DELTA = "dp-delta"
+NOISE_MULTIPLIER = "dp-noise-multiplier"
+SAMPLE_RATE = "dp-sample-rate"
+STEPS = "dp-steps"  # steps accounted over the whole run so far
+PROJECTED_EPSILON = "dp-projected-epsilon"  # ε after every planned round
+EMPTY_BATCHES = "dp-empty-batches"
+HISTORY_NOISE = "dp-history-noise"  # the accountant's history, one entry per (z, q) run
+HISTORY_RATE = "dp-history-rate"
+HISTORY_STEPS = "dp-history-steps"
+
+# Reply ConfigRecord carrying a refusal's reason (text).
+REFUSAL = "dp-refusal"
+REASON = "reason"
+
+# Codes of REFUSED.
+TRAINED = 0
+OVER_BUDGET = 1
+MISCONFIGURED = 2
+
+# Train ConfigRecord (coordinator -> sites): every site's accounted history as the
+# coordinator recorded it, flattened (one entry per release run), so a site whose own state
+# was lost (new process, resumed run) continues from it instead of from zero.
+KNOWN_SITE = "dp-known-site"
+KNOWN_NOISE = "dp-known-noise"
+KNOWN_RATE = "dp-known-rate"
+KNOWN_STEPS = "dp-known-steps"
+
+# Name of the record in a node's `context.state` holding its history.
+STATE_RECORD = "dp-sample-accountant"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.checkpoint import CHECKPOINT
 from fedvlm.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvlm.errors import FedVLMError
 from fedvlm.processes import (
@@ -294,8 +295,13 @@ def run_coordinator(opts: CoordinatorOptions) -> Path:
             print(f"fedvlm: site {site}: node {node_id}", flush=True)
         code = submit_run(opts, env)
     if code != 0 or not (run_folder / "adapter").is_dir():
+        hint = (
+            f"; continue it with --resume {run_folder}"
+            if (run_folder / CHECKPOINT).is_file()
+            else ""
+        )
         raise RuntimeError(
             f"the run did not finish (flwr run exit code {code}); see the output above, "
-            f"{opts.state_dir / 'superlink.log'} and {run_folder}"
+            f"{opts.state_dir / 'superlink.log'} and {run_folder}{hint}"
         )
     return run_folder

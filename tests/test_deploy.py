@@ -1,0 +1,321 @@
+"""A real deployment on loopback: flower-superlink with TLS and node authentication, real
+flower-supernode processes on image folders written to disk, through `fedvlm coordinator`
+and `fedvlm node` exactly as a user runs them.
+
+Every process is started in its own session and stopped by PID (with its descendants) in a
+fixture's `finally`, also when a test fails.
+"""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from coordinator.checkpoint import load_checkpoint
+from coordinator.launch import CoordinatorOptions, register_site_keys, running_superlink
+from coordinator.ledger import read_ledger
+from fedvlm.credentials import make_credentials
+from fedvlm.data.imagefolder import write_imagefolder
+from fedvlm.data.partition import synthetic_site
+from fedvlm.processes import child_env, free_port, start_process, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+SITES = ("site-a", "site-b")
+RUN_CONFIG = {
+    "num-server-rounds": 2,
+    "local-steps": 1,
+    "batch-size": 4,
+    "heldout-examples": 8,
+    "round-timeout": 120.0,
+    "min-train-nodes": 2,
+    "min-available-nodes": 2,
+    "seed": 0,
+}
+RUN_TIMEOUT = 300.0
+
+
+class Processes:
+    """Processes a test started; `stop_all` ends each by PID, children included."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen, Path]:
+        log = self.log_dir / f"{name}.log"
+        with open(log, "wb") as sink:
+            process = start_process(args, child_env(), sink)
+        self.started.append(process)
+        return process, log
+
+    def sigkill_tree(self, process: subprocess.Popen) -> None:
+        """SIGKILL a launcher and everything below it, as a crashed host would."""
+        tree = psutil.Process(process.pid).children(recursive=True)
+        process.kill()
+        process.wait()
+        for child in tree:
+            with suppress(psutil.Error):
+                child.kill()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            stop_process_group(process, grace=5)
+
+
+@contextmanager
+def process_scope(log_dir: Path) -> Iterator[Processes]:
+    procs = Processes(log_dir)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def processes(tmp_path) -> Iterator[Processes]:
+    with process_scope(tmp_path) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+def federation_files(tmp_path_factory):
+    """Credentials for two registered sites and an intruder, and each site's image folder."""
+    root = tmp_path_factory.mktemp("federation")
+    creds = make_credentials(root / "credentials", sites=[*SITES, "intruder"])
+    folders = {}
+    for index, site in enumerate(SITES):
+        data = synthetic_site(
+            index, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0
+        )
+        folders[site] = write_imagefolder(
+            {"train": data.train, "validation": data.val}, root / f"{site}-images"
+        )
+    return creds, folders
+
+
+def fedvlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedvlm", *args]
+
+
+def coordinator_args(creds, state_dir: Path, port: int, run_dir: Path, **extra) -> list[str]:
+    config = {**RUN_CONFIG, "run-dir": str(run_dir), **extra}
+    args = [
+        "coordinator",
+        "--credentials",
+        str(creds.folder),
+        "--state-dir",
+        str(state_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    for site in SITES:
+        args += ["--site-key", str(creds.site_keys[site][1])]
+    for key, value in config.items():
+        args += ["--run-config", f"{key}={json.dumps(value)}"]
+    return fedvlm(*args)
+
+
+def node_args(creds, folders, site: str, port: int) -> list[str]:
+    return fedvlm(
+        "node",
+        "--superlink",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(folders[site]),
+        "--ca-cert",
+        str(creds.ca_cert),
+        "--private-key",
+        str(creds.site_keys[site][0]),
+    )
+
+
+def wait_for(predicate, timeout: float, what: str, *watch: subprocess.Popen) -> None:
+    """Poll `predicate`; fail early (with the reason) if a watched process has exited."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for process in watch:
+            if process.poll() is not None and not predicate():
+                pytest.fail(f"{process.args[:4]} exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def registered(log: Path) -> bool:
+    return log.exists() and all(f"site {s}: node" in log.read_text() for s in SITES)
+
+
+def port_open(port: int) -> bool:
+    return any(c.laddr.port == port and c.status == "LISTEN" for c in psutil.net_connections())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def start_nodes(processes: Processes, creds, folders, port: int) -> list[subprocess.Popen]:
+    return [
+        processes.start(f"node-{site}", node_args(creds, folders, site, port))[0] for site in SITES
+    ]
+
+
+@dataclass
+class DeployedRun:
+    """What the uninterrupted end-to-end run left behind."""
+
+    exit_code: int
+    log: str
+    run: Path
+    state_dir: Path
+    port: int
+    nodes_alive: bool
+
+
+@pytest.fixture(scope="module")
+def deployed_run(federation_files, tmp_path_factory) -> Iterator[DeployedRun]:
+    """One uninterrupted deployment: `fedvlm coordinator` plus two `fedvlm node`."""
+    creds, folders = federation_files
+    root = tmp_path_factory.mktemp("deployed")
+    port = free_port()
+    with process_scope(root) as processes:
+        coordinator, log = processes.start(
+            "coordinator",
+            coordinator_args(creds, root / "state", port, root / "runs", **{"run-name": "e2e"}),
+        )
+        wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
+        nodes = start_nodes(processes, creds, folders, port)
+        code = coordinator.wait(timeout=RUN_TIMEOUT)
+        yield DeployedRun(
+            code,
+            log.read_text(),
+            root / "runs" / "e2e",
+            root / "state",
+            port,
+            all(node.poll() is None for node in nodes),
+        )
+
+
+def test_two_sites_train_two_rounds_with_tls_and_node_auth(deployed_run):
+    assert deployed_run.exit_code == 0, deployed_run.log[-3000:]
+    run = deployed_run.run
+    rows = read_ledger(run)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for row in rows[1:]:
+        assert len(row["sites"]) == 2 and row["dropped"] == [] and row["rejected"] == []
+        assert row["bytes_up"] > 0 and row["bytes_down"] > 0
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert load_checkpoint(run).server_round == 2
+    # The one command started the SuperLink with TLS, node auth and a database ...
+    assert "--enable-supernode-auth" in deployed_run.log and "--ssl-certfile" in deployed_run.log
+    assert (deployed_run.state_dir / "superlink.db").is_file()
+    # ... and stopped it again, while the sites stay up waiting for the next server.
+    assert not port_open(deployed_run.port)
+    assert deployed_run.nodes_alive
+
+
+@pytest.fixture
+def superlink(federation_files, tmp_path) -> Iterator[int]:
+    """A SuperLink with TLS and node auth, the two sites registered; yields its port."""
+    creds, _ = federation_files
+    port = free_port()
+    options = CoordinatorOptions(
+        credentials=creds.folder,
+        site_keys=[creds.site_keys[s][1] for s in SITES],
+        state_dir=tmp_path / "superlink",
+        host="127.0.0.1",
+        port=port,
+    )
+    with running_superlink(options) as env:
+        register_site_keys(options.site_keys, env)
+        yield port
+
+
+def test_unregistered_node_is_refused(superlink, federation_files, processes):
+    creds, folders = federation_files
+    args = node_args(creds, folders, SITES[0], superlink)
+    args[args.index("--private-key") + 1] = str(creds.site_keys["intruder"][0])
+    intruder, log = processes.start("intruder", args)
+    assert intruder.wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in log.read_text()
+
+
+def test_node_without_the_ca_certificate_cannot_connect(superlink, federation_files, processes):
+    creds, folders = federation_files
+    node, log = processes.start(
+        "no-ca",
+        [
+            str(Path(sys.executable).parent / "flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{superlink}",
+            "--auth-supernode-private-key",
+            str(creds.site_keys[SITES[0]][0]),
+            "--node-config",
+            f'data-path="{folders[SITES[0]]}"',
+            "--port",
+            str(free_port()),
+        ],
+    )
+    assert node.wait(timeout=60) != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in log.read_text()
+
+
+def test_invalid_data_folder_refuses_to_start(federation_files, tmp_path):
+    creds, folders = federation_files
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    lines = (folders[SITES[0]] / "metadata.jsonl").read_text().splitlines()
+    (broken / "images").symlink_to(folders[SITES[0]] / "images")
+    record = json.loads(lines[2])
+    del record["answer"]
+    lines[2] = json.dumps(record)
+    (broken / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    args = node_args(creds, {SITES[0]: broken}, SITES[0], free_port())
+    result = subprocess.run(args, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert re.search(r"metadata\.jsonl:3: missing field 'answer'", result.stderr), result.stderr
+    assert "flower-supernode" not in result.stdout  # refused before joining
+
+
+def test_coordinator_killed_mid_run_resumes_to_the_same_adapter(
+    processes, federation_files, deployed_run, tmp_path
+):
+    assert deployed_run.exit_code == 0, "the uninterrupted reference run failed"
+    reference = sha256(deployed_run.run / "adapter" / "adapter_model.safetensors")
+    creds, folders = federation_files
+    port, run = free_port(), tmp_path / "runs" / "killed"
+    args = coordinator_args(
+        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": "killed"}
+    )
+    first, log = processes.start("coordinator-1", args)
+    wait_for(lambda: registered(log), 60, "the sites' registration", first)
+    start_nodes(processes, creds, folders, port)
+    wait_for(lambda: (run / "checkpoint.npz").is_file(), RUN_TIMEOUT, "round 1", first)
+
+    serverapp = [
+        p
+        for p in psutil.Process(first.pid).children(recursive=True)
+        if any("flwr-serverapp" in part for part in p.cmdline())
+    ]
+    assert len(serverapp) == 1
+    serverapp[0].kill()  # SIGKILL the coordinator's ServerApp mid-run ...
+    processes.sigkill_tree(first)  # ... and the rest of the coordinator host with it
+    assert [r["round"] for r in read_ledger(run)] == [0, 1]
+    assert not (run / "adapter").exists()
+
+    resumed, log2 = processes.start("coordinator-2", args + ["--resume", str(run)])
+    assert resumed.wait(timeout=RUN_TIMEOUT) == 0, log2.read_text()[-3000:]
+    assert "resuming after round 1" in log2.read_text()
+    assert [r["round"] for r in read_ledger(run)] == [0, 1, 2]  # no round counted twice
+    assert sha256(run / "adapter" / "adapter_model.safetensors") == reference

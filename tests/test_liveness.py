@@ -1,0 +1,36 @@
+"""Sites that vanish: bounded waits, who dropped, and a clear stop below the minimum."""
+
+import pytest
+from test_strategies_fixtures import (  # noqa: F401  (task_identity is an autouse fixture)
+    FakeGrid,
+    adapter,
+    error_reply,
+    reply,
+    send,
+    task_identity,
+)
+
+from coordinator.liveness import (
+    NotEnoughSitesError,
+    dropped_nodes,
+    require_replies,
+    wait_for_nodes,
+)
+from strategies import build_strategy
+
+
+def test_wait_for_nodes_is_bounded_and_names_the_keys():
+    assert wait_for_nodes(FakeGrid([1, 2, 3]), 2, timeout=0.1) == [1, 2, 3]
+    with pytest.raises(NotEnoughSitesError, match="only 1 of the 2 sites.*node-wait-timeout"):
+        wait_for_nodes(FakeGrid([1]), 2, timeout=0.2, poll=0.05)
+
+
+def test_a_node_that_errs_or_never_answers_is_dropped():
+    strategy = build_strategy("fedavg", min_available_nodes=3, min_train_nodes=3)
+    global_arrays = adapter()
+    sent = send(strategy, global_arrays, nodes=(11, 12, 13))
+    replies = [reply(sent[0], adapter(1)), error_reply(sent[1])]  # 13 timed out: no reply
+    assert dropped_nodes(sent, replies) == [12, 13]
+    require_replies(1, answered=1, minimum=1, dropped=[12, 13])
+    with pytest.raises(NotEnoughSitesError, match=r"round 4: only 1 site.*\[12, 13\]"):
+        require_replies(4, answered=1, minimum=2, dropped=[12, 13])

@@ -6,6 +6,7 @@ a multi-stage protocol after which the coordinator holds only the sum. Both retu
 `TrainOutcome`, so the loop in `coordinator/app.py` reads the same either way.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -16,6 +17,10 @@ from coordinator.round_record import bytes_by_node, payload_bytes
 from fedvlm.adapter import Adapter, adapter_to_arrayrecord
 from fedvlm.energy import EnergyMeter, EnergyReading
 from strategies import AdapterStrategy
+
+# (round, replies) -> (new global adapter or None, aggregated metrics): the strategy's own
+# `aggregate_train`, or the privacy guard's under DP (coordinator/privacy_guard.py).
+Aggregate = Callable[[int, Sequence[Message]], tuple[ArrayRecord | None, MetricRecord | None]]
 
 
 @dataclass
@@ -41,8 +46,13 @@ def plain_train_phase(
     timeout: float,
     min_replies: int,
     meter: EnergyMeter,
+    aggregate: Aggregate | None = None,
 ) -> TrainOutcome:
     """One train phase where every update is seen, validated and aggregated by the strategy.
+
+    ``aggregate`` replaces ``strategy.aggregate_train`` (differential privacy sets aside
+    refusals, or sums unit-weight clipped updates and adds noise before the strategy applies
+    them).
 
     Raises
     ------
@@ -60,7 +70,7 @@ def plain_train_phase(
     dropped = dropped_nodes(outgoing, replies)
     require_replies(server_round, len(outgoing) - len(dropped), min_replies, dropped)
     with meter.measure() as aggregation:
-        new_global, metrics = strategy.aggregate_train(server_round, replies)
+        new_global, metrics = (aggregate or strategy.aggregate_train)(server_round, replies)
     if new_global is None:
         raise RuntimeError(
             f"round {server_round}: no valid update arrived from {len(outgoing)} sampled "

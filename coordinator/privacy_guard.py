@@ -1,0 +1,175 @@
+"""The coordinator's differential-privacy duties in each round, in one place.
+
+- At start-up: refuse combinations that would silently weaken the guarantee (a strategy that
+  needs individual updates under client-level DP; FedProx's proximal term, which per-example
+  clipping would not bound, under sample-level DP).
+- Before a round: hand each site the account the coordinator recorded for it (sample level),
+  or check that this round's release fits the budget (client level); an exhausted budget
+  raises `BudgetExhaustedError` before any site trains, and the run ends cleanly.
+- Aggregation (plain path): under sample-level DP, refusals are set aside and recorded; under
+  client-level DP each validated, clipped update weighs 1, their sum gets N(0, (zC)^2) noise
+  once, and the strategy applies ``sum / m`` (`apply_update_sum`).
+- Recording: the round's "privacy" ledger block, and the state the checkpoint keeps so a
+  resumed run continues its accounts instead of restarting at ε = 0.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedvlm import contract
+from fedvlm.config import RunSettings
+from fedvlm.errors import ConfigError
+from privacy.accounting import BudgetExhaustedError
+from privacy.client_level import ClientLevelDP
+from privacy.sample_ledger import Refusal, SampleLevelLedger
+from privacy.settings import PrivacySettings
+from strategies import AdapterStrategy, require_linear
+from strategies.validation import validate_replies
+
+# Float32 rounding of a clipped update's norm, relative to the clip.
+_CLIP_SLACK = 1e-5
+
+
+class PrivacyGuard:
+    """What differential privacy adds to the coordinator's round loop (inactive for "none").
+
+    Parameters
+    ----------
+    settings : PrivacySettings
+        The parsed ``dp-*`` keys.
+    run : RunSettings
+        The run (planned rounds, sampling).
+    strategy : AdapterStrategy
+        Checked against the DP mode at construction.
+
+    Raises
+    ------
+    ConfigError
+        When the strategy cannot run under the chosen DP mode (naming ``strategy``).
+    """
+
+    def __init__(self, settings: PrivacySettings, run: RunSettings, strategy: AdapterStrategy):
+        self.settings = settings
+        self.run = run
+        self.strategy = strategy
+        self.sample = SampleLevelLedger(settings.sample) if settings.sample else None
+        self.client = ClientLevelDP(settings.client, run.num_rounds) if settings.client else None
+        self.refusals: list[Refusal] = []
+        self.sample_rate = 0.0
+        if self.client is not None:
+            require_linear(strategy, "client-level DP (dp-mode = client) only noises their sum")
+        if self.sample is not None and run.strategy.strip().lower() == "fedprox":
+            raise ConfigError(
+                "strategy",
+                "fedprox adds a proximal term whose gradient DP-SGD's per-example clipping "
+                "does not bound; use fedavg/fedadam/fedyogi with dp-mode = sample",
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether the run uses differential privacy at all."""
+        return self.sample is not None or self.client is not None
+
+    def train_config(self, base: ConfigRecord) -> ConfigRecord:
+        """The round's train config, with the sites' recorded accounts (sample level)."""
+        if self.sample is None:
+            return base
+        return ConfigRecord({**base, **self.sample.known_config()})
+
+    def before_round(self, grid: Grid) -> None:
+        """Client level: check that this round's release fits the budget, before training.
+
+        q is the fraction of connected sites that Flower's sampling will pick
+        (``max(int(N * fraction-train), min-train-nodes) / N``).
+
+        Raises
+        ------
+        BudgetExhaustedError
+            When the release would pass ``dp-client-target-epsilon``.
+        """
+        self.refusals = []
+        if self.client is None:
+            return
+        total = len(list(grid.get_node_ids()))
+        sampled = min(max(int(total * self.run.fraction_train), self.run.min_train_nodes), total)
+        self.sample_rate = self.client.prepare_round(sampled, total)
+
+    def aggregate(
+        self, server_round: int, replies: Sequence[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The plain path's aggregation under DP (the strategy's own without DP).
+
+        Raises
+        ------
+        BudgetExhaustedError
+            Sample level, when every site that answered refused for lack of budget.
+        """
+        if self.sample is not None:
+            trained, self.refusals = self.sample.split(replies)
+            if self.refusals and not any(not m.has_error() for m in trained):
+                raise BudgetExhaustedError(
+                    f"round {server_round}: no site can train within its privacy budget: "
+                    + "; ".join(r.reason for r in self.refusals)
+                )
+            return self.strategy.aggregate_train(server_round, trained)
+        if self.client is not None:
+            return self._aggregate_client_level(server_round, replies)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def add_noise(self, update_sum: dict[str, np.ndarray], num_sites: int) -> dict[str, np.ndarray]:
+        """Client level: noise the sum of ``num_sites`` unit-weight clipped updates."""
+        if self.client is None:
+            raise ConfigError("dp-mode", "add_noise needs dp-mode = client")
+        return self.client.add_noise(update_sum, num_sites, self.sample_rate)
+
+    def _aggregate_client_level(
+        self, server_round: int, replies: Sequence[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        strategy = self.strategy
+        bound = self.settings.client.clip * (1 + _CLIP_SLACK)
+        accepted, rejections = validate_replies(replies, strategy.update_spec(), bound)
+        strategy.last_rejections = rejections
+        strategy.rejection_counts.update(r.node_id for r in rejections)
+        if not accepted:
+            return None, None
+        update_sum: dict[str, np.ndarray] = {}
+        for item in accepted:  # weight 1 each: the sensitivity of the sum is exactly C
+            for name, tensor in item.update.items():
+                term = tensor.astype(np.float64)
+                update_sum[name] = update_sum[name] + term if name in update_sum else term
+        noisy = self.add_noise(update_sum, len(accepted))
+        new_global = strategy.apply_update_sum(server_round, noisy, float(len(accepted)))
+        metrics = strategy.train_metrics_aggr_fn(
+            [RecordDict({contract.METRICS: a.metrics}) for a in accepted],
+            strategy.weighted_by_key,
+        )
+        return new_global, metrics
+
+    def ledger_block(self) -> dict[str, Any] | None:
+        """The round's "privacy" block (None without DP)."""
+        if self.sample is not None:
+            return self.sample.ledger_block(self.refusals)
+        if self.client is not None and self.client.noise_multiplier is not None:
+            return self.client.ledger_block(self.sample_rate)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint extras: the accounts, so a resumed run never restarts at ε = 0."""
+        state: dict[str, Any] = {}
+        if self.sample is not None:
+            state["dp-sample"] = self.sample.state_dict()
+        if self.client is not None:
+            state["dp-client"] = {**self.client.state_dict(), "sample_rate": self.sample_rate}
+        return state
+
+    def load_state_dict(self, extra: dict[str, Any]) -> None:
+        """Restore the accounts from a checkpoint's extras."""
+        if self.sample is not None and "dp-sample" in extra:
+            self.sample.load_state_dict(extra["dp-sample"])
+        if self.client is not None and "dp-client" in extra:
+            self.client.load_state_dict(extra["dp-client"])
+            self.sample_rate = float(extra["dp-client"]["sample_rate"])

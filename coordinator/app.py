@@ -8,6 +8,7 @@ Message-API strategies, extended in `strategies/`).
 """
 
 import time
+from functools import partial
 
 import torch
 from flwr.app import ConfigRecord, Context
@@ -19,6 +20,7 @@ from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
 from coordinator.round_record import node_energy
 from coordinator.run_folder import RunFolder
+from coordinator.secure_phase import secure_train_phase
 from coordinator.train_phase import plain_train_phase
 from fedvlm import contract
 from fedvlm.adapter import (
@@ -38,7 +40,8 @@ from fedvlm.energy import (
 )
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
-from strategies import build_strategy
+from privacy.secagg.settings import SecureAggregationSettings
+from strategies import build_strategy, require_linear
 
 app = ServerApp()
 
@@ -48,6 +51,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federation: rounds of train, aggregate, evaluate, record."""
     torch.set_num_threads(1)
     run = RunSettings.from_config(context.run_config)
+    secagg = SecureAggregationSettings.from_config(context.run_config)
     # A `resume` run continues in the interrupted run's folder (coordinator/checkpoint.py).
     resumed = open_resumed(context.run_config)
     folder = RunFolder(resumed[0]) if resumed else RunFolder.create(run, dict(context.run_config))
@@ -60,6 +64,12 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=run.min_train_nodes,
         min_evaluate_nodes=run.min_train_nodes,
         min_available_nodes=run.min_available_nodes,
+    )
+    # With secure aggregation the coordinator only ever learns the sum of the updates.
+    if secagg.enabled:
+        require_linear(strategy, "secure aggregation is on (secure-aggregation = true)")
+    train_phase = (
+        partial(secure_train_phase, settings=secagg) if secagg.enabled else plain_train_phase
     )
     train_config = ConfigRecord(
         {
@@ -100,7 +110,7 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, run.min_available_nodes, node_wait)
 
         # 1. Train: send the global adapter, receive updates (never base weights), aggregate.
-        trained = plain_train_phase(
+        trained = train_phase(
             strategy,
             grid,
             server_round,

@@ -34,6 +34,8 @@ from privacy.secagg.flower import (
 )
 from privacy.secagg.messages import MASKED, Stage
 from privacy.secagg.settings import SecureAggregationSettings, check_offered, flatten_update
+from privacy.settings import PrivacySettings
+from privacy.site_account import SiteRefusalError, refusal_reply
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,12 @@ MeterFor = Callable[[Context], EnergyMeter]
 
 
 def uniform_weights(context: Context) -> bool:
-    """Whether every site weighs 1 in the sum (client-level DP), never its example count."""
-    return context.run_config.get("dp-mode") == "client"
+    """Whether every site weighs 1 in the sum (client-level DP), never its example count.
+
+    With example-count weights one site could move the sum by more than the clip, and the
+    coordinator's noise, calibrated to the clip, would under-protect it.
+    """
+    return PrivacySettings.from_config(context.run_config).mode == "client"
 
 
 @contextmanager
@@ -100,13 +106,18 @@ def masked_input_handler(train_update: TrainUpdate, meter_for: MeterFor):
             client = load_client(context.state)  # fail before training if setup never ran
             payload = recorddict_to_payload(message.content)
             uniform = uniform_weights(context)
-            with meter_for(context).measure() as energy:
-                update, metrics = train_update(message, context)
-                flat = flatten_update(update, client.config.clip)
-                weight = settings.weight(
-                    int(metrics[contract.NUM_EXAMPLES]), uniform_weights=uniform
-                )
-                reply = client.handle(payload, flat, weight)
+            try:
+                with meter_for(context).measure() as energy:
+                    # Clipped to dp-client-clip here already under client-level DP.
+                    update, metrics = train_update(message, context)
+                    flat = flatten_update(update, client.config.clip)
+                    examples = int(metrics[contract.NUM_EXAMPLES])
+                    weight = settings.weight(examples, uniform_weights=uniform)
+                    reply = client.handle(payload, flat, weight)
+            except SiteRefusalError as refusal:
+                # Sample-level DP budget spent: no masked input (a dropout of this stage),
+                # but the site's account still reaches the coordinator's ledger.
+                return refusal_reply(message, refusal)
         save_client(context.state, client)
         metrics[contract.BYTES_UP] = int(reply[MASKED].nbytes)
         content = payload_to_recorddict(reply)

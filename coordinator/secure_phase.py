@@ -13,7 +13,7 @@ MetricRecord, next to the masked vector, never inside it.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -33,6 +33,8 @@ from strategies import AdapterStrategy
 
 # (update sum, number of summed sites) -> noised update sum, e.g. client-level DP.
 AddNoise = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
+# Sees the masked-input replies' scalars (e.g. sample-level DP accounts); may raise to stop.
+RecordReplies = Callable[[Sequence[Message]], object]
 
 
 def secure_train_phase(
@@ -47,6 +49,7 @@ def secure_train_phase(
     meter: EnergyMeter,
     settings: SecureAggregationSettings,
     add_noise: AddNoise | None = None,
+    record_replies: RecordReplies | None = None,
 ) -> TrainOutcome:
     """One train phase in which no single site's update is ever seen by the coordinator.
 
@@ -60,6 +63,10 @@ def secure_train_phase(
     add_noise : callable, optional
         Client-level DP: noise for the unmasked sum. Then every site weighs 1 and the sum
         is applied with total weight = number of summed sites.
+    record_replies : callable, optional
+        Called with the masked-input replies (scalars only) as they arrive, e.g. to record
+        the sites' sample-level DP accounts; a site that refused to train sent no masked
+        vector and is a dropout of that stage.
 
     Returns
     -------
@@ -106,6 +113,8 @@ def secure_train_phase(
             bytes_up[str(node)] += payload_nbytes(payload)
         if stage == Stage.MASKED_INPUT:
             masked_replies = [m for m in replies if not m.has_error()]
+            if record_replies is not None:
+                record_replies(replies)
         with meter.measure() as work:
             try:
                 server.receive(payloads)

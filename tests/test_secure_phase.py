@@ -29,7 +29,9 @@ from fedvlm.config import RunSettings
 from fedvlm.energy import EnergyMeter, EnergySettings
 from fedvlm.errors import ConfigError
 from fedvlm.vlm import load_peft_model
+from privacy.client_level import ClientLevelDP, update_norm
 from privacy.secagg.settings import SecureAggregationSettings
+from privacy.settings import PrivacySettings
 from strategies import FedAvg
 
 NODES = [101, 202, 303, 404]  # complete graph, threshold 2: one dropout is tolerated
@@ -317,3 +319,58 @@ def test_the_update_sum_is_refused_unless_finite(global_adapter):
     bad = {k: np.full(tuple(v.shape), np.nan, np.float32) for k, v in global_adapter.items()}
     with pytest.raises(Exception, match="finite"):
         strategy.apply_update_sum(1, bad, 3.0)
+
+
+def test_client_level_dp_composes_unit_weights_clipped_before_masking_noise_on_the_sum(
+    global_adapter,
+):
+    run_config = {
+        **RUN_CONFIG,
+        "dp-mode": "client",
+        "dp-client-clip": 0.5,  # below every update's norm here: all are clipped
+        "dp-client-noise-multiplier": 0.1,
+        "dp-client-target-epsilon": 1000.0,
+        "dp-client-delta": 0.1,
+    }
+    app, seen = _capturing_app()
+    grid = LocalGrid(app, run_config)
+    client_settings = PrivacySettings.from_config(run_config).client
+    dp = ClientLevelDP(client_settings, planned_rounds=1, rng=np.random.default_rng(7))
+    rate = dp.prepare_round(len(NODES), len(NODES))
+    summed_sites = []
+
+    def add_noise(update_sum, num_sites):
+        summed_sites.append(num_sites)
+        return dp.add_noise(update_sum, num_sites, rate)
+
+    outcome = secure_train_phase(
+        _strategy(),
+        grid,
+        1,
+        global_adapter,
+        _train_config(),
+        timeout=10,
+        min_replies=2,
+        meter=EnergyMeter(EnergySettings(enabled=False)),
+        settings=SecureAggregationSettings.from_config(run_config),
+        add_noise=add_noise,
+    )
+    assert summed_sites == [len(NODES)] and dp.history.steps == 1
+    # The same noise, drawn again in the same (sorted) order, on the clear sum of the
+    # clipped updates, each with weight 1 whatever its example count.
+    replay = ClientLevelDP(client_settings, planned_rounds=1, rng=np.random.default_rng(7))
+    replay.noise_multiplier = dp.noise_multiplier
+    names = sorted(global_adapter)
+    zeros = {n: np.zeros(tuple(global_adapter[n].shape)) for n in names}
+    noise = replay.add_noise(zeros, len(NODES), rate)
+    config = SecureAggregationSettings.from_config(run_config).round_config(
+        len(NODES), uniform_weights=True
+    )
+    assert config.max_weight == 1
+    for name in names:
+        updates = [seen[n][0][name].double().numpy() for n in NODES]
+        norms = [update_norm(seen[n][0]) for n in NODES]
+        assert max(norms) <= 0.5 * (1 + 1e-6)
+        expected = global_adapter[name].double().numpy() + (sum(updates) + noise[name]) / len(NODES)
+        got = outcome.new_global[name].numpy()
+        assert np.all(np.abs(got - expected) <= config.step + 1e-6 * (1 + np.abs(expected)))

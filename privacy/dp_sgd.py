@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.grad_sample import AbstractGradSampleHooks
+from opacus.optimizers import DPOptimizer
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedModel, ProcessorMixin
 
@@ -48,6 +50,39 @@ class DPTrainStats(TrainStats):
 
     releases: list[Release]
     empty_batches: int
+
+
+def make_private(
+    model: PreTrainedModel,
+    num_examples: int,
+    *,
+    lr: float,
+    batch_size: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str = "hooks",
+) -> tuple[PrivacyEngine, AbstractGradSampleHooks, DPOptimizer, DataLoader]:
+    """Opacus' engine, hooks, DP AdamW and Poisson loader of example indices for ``model``.
+
+    The loader yields batches of indices into the encoded examples (the images are encoded
+    once, up front); ``wrap_model=False`` leaves the `PeftModel` as it is, with per-sample
+    gradient hooks on its trainable modules only. The caller must ``hooks.cleanup()``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    index_loader = DataLoader(TensorDataset(torch.arange(num_examples)), batch_size=batch_size)
+    engine = PrivacyEngine(accountant="prv")
+    model.train()  # Opacus validates that the model is in training mode
+    hooks, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+        data_loader=index_loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=grad_sample_mode,
+        wrap_model=False,
+    )
+    return engine, hooks, optimizer, loader
 
 
 def train_local_dp(
@@ -73,20 +108,16 @@ def train_local_dp(
     start = time.perf_counter()
     data = encode(processor, examples)
     params = [p for p in model.parameters() if p.requires_grad]
-    index_loader = DataLoader(TensorDataset(torch.arange(len(examples))), batch_size=batch_size)
-    engine = PrivacyEngine(accountant="prv")
-    model.train()  # Opacus validates that the model is in training mode
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(secrets.randbits(63) if rng_seed is None else rng_seed)
-        hooks, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
-            data_loader=index_loader,
+        engine, hooks, optimizer, loader = make_private(
+            model,
+            len(examples),
+            lr=lr,
+            batch_size=batch_size,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
             grad_sample_mode=grad_sample_mode,
-            wrap_model=False,
         )
         losses: list[float] = []
         empty = 0

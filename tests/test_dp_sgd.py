@@ -1,0 +1,215 @@
+"""Sample-level DP-SGD on the real tiny VLM with real Opacus, and its accounting."""
+
+import logging
+
+import dp_accounting
+import pytest
+import torch
+from dp_accounting import pld, rdp
+from flwr.app import RecordDict
+
+from fedvlm.adapter import get_adapter_state, set_adapter_state, subtract
+from fedvlm.batching import encode, score
+from fedvlm.embedded.shapes import make_examples
+from fedvlm.errors import ConfigError
+from fedvlm.lora import LoraSettings
+from fedvlm.training import take, train_local
+from fedvlm.vlm import load_peft_model
+from privacy import keys
+from privacy.accounting import BudgetExhaustedError
+from privacy.dp_sgd import make_private, poisson_sample_rate, train_local_dp
+from privacy.settings import PrivacySettings
+from privacy.site_account import SiteAccount, SiteRefusalError
+
+# absl logs every RDP order it skips; the test only needs the number.
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.set_num_threads(1)
+    model, processor = load_peft_model("embedded", LoraSettings())
+    initial = get_adapter_state(model)
+    yield model, processor
+    set_adapter_state(model, initial)
+
+
+def test_no_noise_and_a_huge_clip_reproduce_the_non_dp_update(vlm):
+    """Guard against silently corrupted LoRA updates (opacus issue 820).
+
+    With q = 1 every Poisson batch is the whole set, so both runs see the same batches.
+    """
+    model, processor = vlm
+    examples = make_examples(6, seed=3)
+    initial = get_adapter_state(model)
+    train_local(model, processor, examples, steps=3, lr=1e-4, batch_size=6, seed=0)
+    plain = subtract(get_adapter_state(model), initial)
+    set_adapter_state(model, initial)
+    stats = train_local_dp(
+        model,
+        processor,
+        examples,
+        steps=3,
+        lr=1e-4,
+        batch_size=6,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        rng_seed=0,
+    )
+    private = subtract(get_adapter_state(model), initial)
+    set_adapter_state(model, initial)
+    assert stats.releases == [(0.0, 1.0, 3)]
+    assert max(float(t.abs().max()) for t in plain.values()) > 5e-5  # the update is not empty
+    for name in plain:
+        assert torch.allclose(private[name], plain[name], atol=1e-6, rtol=0), name
+    # The hooks are gone: the cached model trains and evaluates as before afterwards.
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_every_per_sample_gradient_is_clipped_to_the_bound(vlm):
+    """Each example's clipped gradient (alone in a batch) has norm <= C, clipping is active,
+    and a batch's clipped sum is the sum of those per-example clipped gradients."""
+    model, processor = vlm
+    examples = make_examples(4, seed=5)
+    data = encode(processor, examples)
+    clip = 1e-3  # per-example gradient norms of the embedded model are ~1e-3 to 1e-2
+    engine, hooks, optimizer, _ = make_private(
+        model, len(examples), lr=1e-3, batch_size=4, noise_multiplier=0.0, max_grad_norm=clip
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def clipped_sum(index: list[int]) -> tuple[list[torch.Tensor], float]:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = score(model, take(data, torch.tensor(index)))
+        loss.mean().backward()
+        raw = float(torch.cat([p.grad_sample.flatten(1) for p in params], 1).norm(dim=1).max())
+        optimizer.clip_and_accumulate()
+        return [p.summed_grad.clone() for p in params], raw
+
+    try:
+        singles, raws = [], []
+        for i in range(len(examples)):
+            summed, raw = clipped_sum([i])
+            norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in summed)))
+            assert norm <= clip + 1e-6
+            singles.append(summed)
+            raws.append(raw)
+        assert max(raws) > 2 * clip  # the bound really cut gradients
+        batch, _ = clipped_sum(list(range(len(examples))))
+        for k, got in enumerate(batch):
+            expected = sum(single[k] for single in singles)
+            assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+    finally:
+        hooks.cleanup()
+        model.eval()
+
+
+def test_an_empty_poisson_batch_still_counts_as_a_noisy_step(vlm):
+    model, processor = vlm
+    initial = get_adapter_state(model)
+    # q = 1/40: each step sees no example at all with probability (39/40)^40 ≈ 0.36.
+    stats = train_local_dp(
+        model,
+        processor,
+        make_examples(40, seed=6),
+        steps=12,
+        lr=1e-3,
+        batch_size=1,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        rng_seed=1,
+    )
+    moved = subtract(get_adapter_state(model), initial)
+    set_adapter_state(model, initial)
+    assert stats.empty_batches > 0
+    assert stats.releases == [(1.0, 1 / 40, 12)]
+    assert all(bool((t != 0).any()) for t in moved.values())  # noise reached every tensor
+
+
+def _independent_epsilon(accountant: str, noise: float, rate: float, steps: int, delta: float):
+    """The same mechanism through Google's dp-accounting (not Opacus)."""
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise)), steps
+    )
+    other = pld.PLDAccountant() if accountant == "prv" else rdp.RdpAccountant()
+    return other.compose(event).get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_reported_epsilon_matches_an_independent_accountant(vlm, accountant):
+    """Two rounds at a site, state kept in a RecordDict as in `context.state`."""
+    model, processor = vlm
+    initial = get_adapter_state(model)
+    examples = make_examples(24, seed=7)
+    settings = PrivacySettings.from_config(
+        {"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-accountant": accountant}
+    ).sample
+    state = RecordDict()
+    for _ in range(2):
+        account = SiteAccount.open(settings, state, {}, site=0)
+        plan = account.begin_round(num_examples=24, batch_size=4, local_steps=3, planned_rounds=4)
+        stats = train_local_dp(
+            model,
+            processor,
+            examples,
+            steps=3,
+            lr=1e-3,
+            batch_size=4,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=1.0,
+        )
+        account.record(stats.releases)
+        account.save(state)
+    set_adapter_state(model, initial)
+    reported = account.metrics(planned_steps=12)
+    rate = poisson_sample_rate(24, 4)
+    assert reported[keys.STEPS] == 6 and reported[keys.SAMPLE_RATE] == rate
+    expected = _independent_epsilon(accountant, plan.noise_multiplier, rate, 6, 1e-5)
+    assert reported[keys.EPSILON] == pytest.approx(expected, rel=0.01)
+    # The noise was calibrated once so that all 4 planned rounds spend the budget.
+    projected = _independent_epsilon(accountant, plan.noise_multiplier, rate, 12, 1e-5)
+    assert reported[keys.PROJECTED_EPSILON] == pytest.approx(projected, rel=0.01)
+    assert 0.95 * 8.0 <= reported[keys.PROJECTED_EPSILON] <= 8.0 * 1.01
+
+
+def test_a_round_that_would_exceed_the_budget_is_refused_before_training():
+    settings = PrivacySettings.from_config(
+        {"dp-mode": "sample", "dp-target-epsilon": 5.0, "dp-noise-multiplier": 1.0}
+    ).sample
+    state = RecordDict()
+    account = SiteAccount.open(settings, state, {}, site=3)
+    account.begin_round(num_examples=96, batch_size=8, local_steps=16, planned_rounds=10)
+    account.record([(1.0, 1 / 12, 16)])  # what Opacus counted for the round
+    account.save(state)
+    spent = account.epsilon()
+    assert 0 < spent < 5.0
+    again = SiteAccount.open(settings, state, {}, site=3)
+    with pytest.raises(SiteRefusalError) as refusal:
+        for _ in range(10):
+            again.begin_round(num_examples=96, batch_size=8, local_steps=16, planned_rounds=10)
+            again.record([(1.0, 1 / 12, 16)])
+    assert refusal.value.code == keys.OVER_BUDGET
+    assert isinstance(refusal.value.cause, BudgetExhaustedError)
+    assert "dp-target-epsilon" in str(refusal.value)
+    assert again.history.steps >= 32  # it trained while the budget allowed
+    assert spent < refusal.value.metrics[keys.EPSILON] <= 5.0  # never past the budget
+    # The coordinator's (longer) record wins over a site state that was lost.
+    known = {
+        keys.KNOWN_SITE: [3],
+        keys.KNOWN_NOISE: [1.0],
+        keys.KNOWN_RATE: [1 / 12],
+        keys.KNOWN_STEPS: [again.history.steps],
+    }
+    fresh = SiteAccount.open(settings, RecordDict(), known, site=3)
+    assert fresh.epsilon() == pytest.approx(again.epsilon())
+
+
+def test_delta_at_or_above_one_over_n_is_refused_naming_the_key():
+    settings = PrivacySettings.from_config(
+        {"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-delta": 0.05}
+    ).sample
+    account = SiteAccount(settings, SiteAccount.open(settings, RecordDict(), {}, 0).history, 0)
+    with pytest.raises(SiteRefusalError) as refusal:
+        account.begin_round(num_examples=40, batch_size=8, local_steps=4, planned_rounds=2)
+    assert refusal.value.code == keys.MISCONFIGURED
+    assert isinstance(refusal.value.cause, ConfigError) and refusal.value.cause.key == "dp-delta"

@@ -18,6 +18,7 @@ from coordinator import console
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
+from coordinator.privacy_guard import PrivacyGuard
 from coordinator.round_record import node_energy
 from coordinator.run_folder import RunFolder
 from coordinator.secure_phase import secure_train_phase
@@ -40,7 +41,9 @@ from fedvlm.energy import (
 )
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
+from privacy.accounting import BudgetExhaustedError
 from privacy.secagg.settings import SecureAggregationSettings
+from privacy.settings import PrivacySettings
 from strategies import build_strategy, require_linear
 
 app = ServerApp()
@@ -68,8 +71,16 @@ def main(grid: Grid, context: Context) -> None:
     # With secure aggregation the coordinator only ever learns the sum of the updates.
     if secagg.enabled:
         require_linear(strategy, "secure aggregation is on (secure-aggregation = true)")
+    # Differential privacy: checks at start-up, budget before each round, noise, accounts.
+    guard = PrivacyGuard(PrivacySettings.from_config(context.run_config), run, strategy)
     train_phase = (
-        partial(secure_train_phase, settings=secagg) if secagg.enabled else plain_train_phase
+        partial(
+            secure_train_phase,
+            settings=secagg,
+            add_noise=guard.add_noise if guard.client is not None else None,
+        )
+        if secagg.enabled
+        else partial(plain_train_phase, aggregate=guard.aggregate if guard.active else None)
     )
     train_config = ConfigRecord(
         {
@@ -95,6 +106,7 @@ def main(grid: Grid, context: Context) -> None:
         global_adapter = checkpoint.adapter
         set_adapter_state(model, global_adapter)
         checkpoint.restore(strategy)
+        guard.load_state_dict(checkpoint.extra)
         first_round = checkpoint.server_round + 1
         print(f"fedvlm: resuming after round {checkpoint.server_round}", flush=True)
     recorded = read_ledger(folder.path)
@@ -110,16 +122,25 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, run.min_available_nodes, node_wait)
 
         # 1. Train: send the global adapter, receive updates (never base weights), aggregate.
-        trained = train_phase(
-            strategy,
-            grid,
-            server_round,
-            global_adapter,
-            train_config,
-            timeout=run.round_timeout,
-            min_replies=run.min_train_nodes,
-            meter=meter,
-        )
+        try:
+            guard.before_round(grid)
+            trained = train_phase(
+                strategy,
+                grid,
+                server_round,
+                global_adapter,
+                guard.train_config(train_config),
+                timeout=run.round_timeout,
+                min_replies=run.min_train_nodes,
+                meter=meter,
+            )
+        except BudgetExhaustedError as spent:  # nothing was released this round: stop here
+            stop = {"round": server_round, "sites": [], "stopped": str(spent)}
+            append_round(folder.path, {**stop, "privacy": guard.ledger_block()})
+            print(f"fedvlm: privacy budget exhausted, run ends: {spent}", flush=True)
+            break
+        guard.observe(trained.replies)
+        refused = {r.node_id for r in guard.refusals}
         new_global = trained.new_global
         global_adapter = arrayrecord_to_adapter(new_global)
         set_adapter_state(model, global_adapter)
@@ -148,7 +169,11 @@ def main(grid: Grid, context: Context) -> None:
         )
         row = {
             "round": server_round,
-            "sites": sorted(m.metadata.src_node_id for m in trained.replies),
+            "sites": sorted(
+                m.metadata.src_node_id
+                for m in trained.replies
+                if m.metadata.src_node_id not in refused
+            ),
             "dropped": trained.dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
             "train_loss": None
@@ -164,15 +189,24 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_up": sum(trained.bytes_up.values()),
             "energy": energy_so_far,
             "seconds": time.perf_counter() - started,
+            "privacy": guard.ledger_block(),
         }
         append_round(folder.path, row)
-        save_checkpoint(folder.path, server_round, global_adapter, strategy, context.run_config)
+        save_checkpoint(
+            folder.path,
+            server_round,
+            global_adapter,
+            strategy,
+            context.run_config,
+            extra=guard.state_dict(),
+        )
         print(console.row_line(row), flush=True)
 
     folder.save_adapter(model)
+    evaluated = [r for r in read_ledger(folder.path) if "heldout_accuracy" in r]
     print(
         f"fedvlm: held-out accuracy {base_accuracy:.3f} -> "
-        f"{read_ledger(folder.path)[-1]['heldout_accuracy']:.3f}; "
+        f"{evaluated[-1]['heldout_accuracy']:.3f}; "
         f"adapter saved to {folder.path / 'adapter'}",
         flush=True,
     )

@@ -120,6 +120,11 @@ class PrivacyGuard:
             return self._aggregate_client_level(server_round, replies)
         return self.strategy.aggregate_train(server_round, replies)
 
+    def observe(self, replies: Sequence[Message]) -> None:
+        """Record the sites' accounts from replies that bypassed `aggregate` (secure path)."""
+        if self.sample is not None:
+            self.sample.split(replies)
+
     def add_noise(self, update_sum: dict[str, np.ndarray], num_sites: int) -> dict[str, np.ndarray]:
         """Client level: noise the sum of ``num_sites`` unit-weight clipped updates."""
         if self.client is None:

@@ -1,0 +1,254 @@
+"""Differential privacy through the real round loop: the coordinator's ServerApp main and
+the real ClientApp (training included), joined by an in-process Grid that passes messages
+through Flower's protobuf serialisation and keeps each node's `context.state` between
+messages, as a deployment does.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import (
+    message_from_proto,
+    message_to_proto,
+    recorddict_from_proto,
+    recorddict_to_proto,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app as client_app
+from coordinator import app as coordinator_app
+from coordinator.ledger import read_ledger
+from fedvlm.errors import ConfigError
+from privacy.accounting import PrivacyHistory
+from privacy.dp_sgd import poisson_sample_rate
+
+NODES = [11, 22]
+RUN_CONFIG = {
+    "num-server-rounds": 3,
+    "local-steps": 2,
+    "batch-size": 4,
+    "sim-examples-per-site": 12,
+    "sim-val-examples-per-site": 4,
+    "heldout-examples": 16,
+    "min-train-nodes": 2,
+    "min-available-nodes": 2,
+    "node-wait-timeout": 5.0,
+    "energy-tracking": False,
+    "run-name": "dp",
+}
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """Set the process identity Flower's ServerApp runtime sets before ``@app.main`` runs."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+class Crash(Exception):
+    """The coordinator process dies (a test stand-in for a kill)."""
+
+
+class LocalGrid:
+    """Delivers each message to a node's ClientApp in this process, as Flower would.
+
+    ``nodes`` are this federation's node ids (a resumed simulation draws new ones; the
+    partition ids stay). ``crash_at_train`` makes the n-th train batch kill the coordinator.
+    """
+
+    def __init__(self, app: ClientApp, run_config: dict, nodes=NODES, crash_at_train=None):
+        self.app = app
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": len(nodes)},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i, node in enumerate(nodes)
+        }
+        self.crash_at_train = crash_at_train
+        self.train_batches = 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            self.train_batches += 1
+            if self.train_batches == self.crash_at_train:
+                raise Crash
+        replies = []
+        for message in messages:
+            context = self.contexts[message.metadata.dst_node_id]
+            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
+            try:
+                reply = self.app(message_from_proto(message_to_proto(message)), context)
+            except Exception as err:  # Flower turns a raising ClientApp into an error reply
+                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
+            replies.append(message_from_proto(message_to_proto(reply)))
+        return replies
+
+
+def _run(tmp_path, grid_config: dict, **overrides) -> list[dict]:
+    config = {**RUN_CONFIG, "run-dir": str(tmp_path), **grid_config, **overrides}
+    grid = LocalGrid(client_app.app, config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    coordinator_app.main(grid, context)
+    return read_ledger(tmp_path / config["run-name"])
+
+
+def _epsilon(noise: float, steps: int) -> float:
+    history = PrivacyHistory("prv")
+    history.add(noise, poisson_sample_rate(12, 4), steps)
+    return history.epsilon(1e-5)
+
+
+def test_budget_exhaustion_refuses_the_round_records_why_and_ends_cleanly(tmp_path, capsys):
+    # Round 1 (2 steps per site) fits the budget, round 2 would not.
+    budget = (_epsilon(1.0, 2) + _epsilon(1.0, 4)) / 2
+    dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": budget}
+    ledger = _run(tmp_path, dp)
+
+    assert [row["round"] for row in ledger] == [0, 1, 2]
+    trained, stopped = ledger[1], ledger[2]
+    assert trained["sites"] == NODES
+    assert trained["privacy"]["unit"] == "example"
+    assert trained["privacy"]["epsilon"] == pytest.approx(_epsilon(1.0, 2), rel=1e-6)
+    assert trained["privacy"]["epsilon"] <= budget
+    assert set(trained["privacy"]["sites"]) == {"0", "1"}
+    assert trained["privacy"]["steps"] == 2 and trained["privacy"]["noise_multiplier"] == 1.0
+    # Round 2: every site refused before training, with its reason; nothing was released.
+    assert stopped["sites"] == [] and "heldout_accuracy" not in stopped
+    assert "no site can train within its privacy budget" in stopped["stopped"]
+    assert sorted(r["site"] for r in stopped["privacy"]["refused"]) == [0, 1]
+    assert all("dp-target-epsilon" in r["reason"] for r in stopped["privacy"]["refused"])
+    assert stopped["privacy"]["epsilon"] == trained["privacy"]["epsilon"]  # unchanged
+    assert (tmp_path / "dp" / "adapter" / "adapter_config.json").is_file()  # final adapter
+    assert "privacy budget exhausted, run ends" in capsys.readouterr().out
+
+
+def test_a_resumed_run_continues_epsilon_instead_of_restarting_at_zero(tmp_path):
+    dp = {"dp-mode": "sample", "dp-target-epsilon": 30.0}
+    whole = _run(tmp_path, dp, **{"run-name": "whole"})
+
+    config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "run-name": "cut"}
+    crashing = LocalGrid(client_app.app, config, crash_at_train=3)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    with pytest.raises(Crash):
+        coordinator_app.main(crashing, context)
+    assert [row["round"] for row in read_ledger(tmp_path / "cut")] == [0, 1, 2]
+    # A new federation process: new node ids, empty node states; the partitions are the same.
+    resumed_config = {**config, "resume": "cut"}
+    fresh = LocalGrid(client_app.app, resumed_config, nodes=[77, 88])
+    resumed_context = Context(
+        run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=resumed_config
+    )
+    coordinator_app.main(fresh, resumed_context)
+    cut = read_ledger(tmp_path / "cut")
+
+    assert [row["round"] for row in cut] == [0, 1, 2, 3]
+    for key in ("epsilon", "steps", "noise_multiplier", "projected_epsilon"):
+        assert cut[3]["privacy"][key] == whole[3]["privacy"][key], key
+    assert cut[3]["privacy"]["steps"] == 6
+    assert cut[3]["privacy"]["epsilon"] > cut[2]["privacy"]["epsilon"] > 0
+    # The calibrated noise spends the budget exactly at the planned end.
+    assert 0.95 * 30.0 <= cut[3]["privacy"]["epsilon"] <= 30.0
+
+
+def test_client_level_dp_reports_a_site_level_epsilon_and_stops_when_spent(tmp_path):
+    dp = {
+        "dp-mode": "client",
+        "dp-client-clip": 0.05,
+        "dp-client-noise-multiplier": 0.5,
+        "dp-client-delta": 0.01,
+    }
+    # ε of one round at q = 1 and z = 0.5 is between 2 and 3 times less than that of two.
+    history = PrivacyHistory("prv")
+    history.add(0.5, 1.0, 1)
+    one = history.epsilon(0.01)
+    history.add(0.5, 1.0, 1)
+    two = history.epsilon(0.01)
+    ledger = _run(tmp_path, dp, **{"dp-client-target-epsilon": (one + two) / 2})
+
+    assert [row["round"] for row in ledger] == [0, 1, 2]
+    block = ledger[1]["privacy"]
+    assert block["unit"] == "site" and block["sample_rate"] == 1.0 and block["steps"] == 1
+    assert block["epsilon"] == pytest.approx(one, rel=1e-6)
+    assert block["noise_std_on_sum"] == pytest.approx(0.025)
+    assert "dp-client-target-epsilon" in ledger[2]["stopped"]
+
+
+def test_client_level_dp_refuses_a_strategy_that_needs_individual_updates(tmp_path):
+    dp = {"dp-mode": "client", "dp-client-target-epsilon": 8.0, "dp-client-delta": 0.01}
+    with pytest.raises(ConfigError, match="strategy") as err:
+        _run(tmp_path, dp, strategy="median")
+    assert "client-level DP" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"dp-mode": "sample"}, "dp-target-epsilon"),
+        ({"dp-mode": "sample", "dp-target-epsilon": -1.0}, "dp-target-epsilon"),
+        (
+            {"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-max-grad-norm": 0.0},
+            "dp-max-grad-norm",
+        ),
+        (
+            {"dp-mode": "client", "dp-client-target-epsilon": 8.0, "dp-client-clip": 0.0},
+            "dp-client-clip",
+        ),
+        ({"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-delta": 1.0}, "dp-delta"),
+        ({"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-accountant": "gdp"}, "dp-accountant"),
+        ({"dp-mode": "local"}, "dp-mode"),
+        ({"dp-mode": "sample", "dp-target-epsilon": 8.0, "strategy": "fedprox"}, "strategy"),
+        # δ >= 1/n is found by the sites (n = 12 examples each): the run stops, nothing released.
+        ({"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-delta": 0.1}, "dp-delta"),
+        # δ >= 1/(number of sites) at the client level.
+        (
+            {"dp-mode": "client", "dp-client-target-epsilon": 8.0, "dp-client-delta": 0.5},
+            "dp-client-delta",
+        ),
+    ],
+)
+def test_misconfiguration_is_an_error_naming_the_key_before_anything_is_released(
+    tmp_path, overrides, key
+):
+    with pytest.raises(ConfigError) as err:
+        _run(tmp_path, overrides)
+    assert err.value.key == key
+    rows = read_ledger(tmp_path / "dp")
+    assert all(row["round"] == 0 for row in rows)  # no round was ever recorded
+
+
+def test_client_level_noise_has_the_calibrated_std_on_the_mean():
+    from privacy.client_level import ClientLevelDP
+    from privacy.settings import PrivacySettings
+
+    settings = PrivacySettings.from_config(
+        {
+            "dp-mode": "client",
+            "dp-client-target-epsilon": 8.0,
+            "dp-client-noise-multiplier": 1.3,
+            "dp-client-clip": 0.2,
+            "dp-client-delta": 0.01,
+        }
+    ).client
+    dp = ClientLevelDP(settings, planned_rounds=100, rng=np.random.default_rng(0))
+    sites = 5
+    rate = dp.prepare_round(sites, 10)
+    zero = {"a": np.zeros((300, 200)), "b": np.zeros(40_000)}
+    draws = []
+    for _ in range(5):
+        noisy = dp.add_noise(zero, sites, rate)
+        draws.append(np.concatenate([v.ravel() for v in noisy.values()]) / sites)
+    empirical = float(np.std(np.concatenate(draws)))
+    assert empirical == pytest.approx(1.3 * 0.2 / sites, rel=0.05)
+    assert abs(float(np.mean(np.concatenate(draws)))) < 0.01 * empirical  # centred
+    assert dp.history.steps == 5 and rate == 0.5

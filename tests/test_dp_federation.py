@@ -48,7 +48,7 @@ def serverapp_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
 
 
-class Crash(Exception):
+class CrashError(Exception):
     """The coordinator process dies (a test stand-in for a kill)."""
 
 
@@ -82,7 +82,7 @@ class LocalGrid:
         if messages and messages[0].metadata.message_type == "train":
             self.train_batches += 1
             if self.train_batches == self.crash_at_train:
-                raise Crash
+                raise CrashError
         replies = []
         for message in messages:
             context = self.contexts[message.metadata.dst_node_id]
@@ -140,7 +140,7 @@ def test_a_resumed_run_continues_epsilon_instead_of_restarting_at_zero(tmp_path)
     config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "run-name": "cut"}
     crashing = LocalGrid(client_app.app, config, crash_at_train=3)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         coordinator_app.main(crashing, context)
     assert [row["round"] for row in read_ledger(tmp_path / "cut")] == [0, 1, 2]
     # A new federation process: new node ids, empty node states; the partitions are the same.

@@ -43,7 +43,7 @@ from fedvlm.processes import (
 )
 
 CONNECTION = "fedvlm-deployment"
-DEFAULT_PORT = 9093
+DEFAULT_PORT = 8000  # Flower's own default for the SuperLink
 INSECURE_WARNING = (
     "WARNING: --insecure: the SuperLink runs WITHOUT TLS and WITHOUT node authentication. "
     "Adapters and metrics travel in clear text and any machine that reaches the port can "

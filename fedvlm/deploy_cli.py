@@ -122,7 +122,7 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     )
     coord.add_argument("--state-dir", default="superlink-state", help="database, logs")
     coord.add_argument("--host", default="0.0.0.0", help="listen address (0.0.0.0)")
-    coord.add_argument("--port", type=int, default=9093, help="SuperLink port (9093)")
+    coord.add_argument("--port", type=int, default=8000, help="SuperLink port (8000)")
     coord.add_argument(
         "--run-config",
         action="append",

@@ -319,3 +319,40 @@ def test_coordinator_killed_mid_run_resumes_to_the_same_adapter(
     assert "resuming after round 1" in log2.read_text()
     assert [r["round"] for r in read_ledger(run)] == [0, 1, 2]  # no round counted twice
     assert sha256(run / "adapter" / "adapter_model.safetensors") == reference
+
+
+def test_a_site_dying_mid_round_is_recorded_and_the_round_completes(
+    processes, federation_files, tmp_path
+):
+    creds, folders = federation_files
+    port, run = free_port(), tmp_path / "runs" / "dropout"
+    args = coordinator_args(
+        creds,
+        tmp_path / "state",
+        port,
+        tmp_path / "runs",
+        **{
+            "run-name": "dropout",
+            "num-server-rounds": 1,
+            "min-train-nodes": 1,
+            "round-timeout": 40.0,
+        },
+    )
+    coordinator, log = processes.start("coordinator", args)
+    wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
+    survivor, victim = start_nodes(processes, creds, folders, port)
+
+    def training() -> bool:
+        tree = psutil.Process(victim.pid).children(recursive=True)
+        return any("flwr-clientapp" in " ".join(p.cmdline()) for p in tree)
+
+    wait_for(training, RUN_TIMEOUT, "the second site's first ClientApp", coordinator)
+    processes.sigkill_tree(victim)  # the site dies while it trains
+
+    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    rows = read_ledger(run)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert len(rows[1]["sites"]) == 1 and len(rows[1]["dropped"]) == 1
+    assert rows[1]["dropped"] != rows[1]["sites"]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert survivor.poll() is None

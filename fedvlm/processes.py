@@ -127,6 +127,11 @@ def child_env(flwr_home: Path | None = None, threads: int = 1) -> dict[str, str]
             "OMP_NUM_THREADS": str(threads),
             "CODECARBON_LOG_LEVEL": "error",
             "RAY_DEDUP_LOGS": "0",
+            # Quiet the libraries so the per-round table stays readable.
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONWARNINGS": "ignore::FutureWarning",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
             ),

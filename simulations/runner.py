@@ -8,11 +8,7 @@ group afterwards, also on Ctrl-C or failure. Flower's per-run dependency install
 disabled: with torch among the dependencies it would download gigabytes per run.
 """
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -20,87 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedvlm.processes import (
+    PROJECT_ROOT,
+    child_env,
+    flower_executable,
+    free_port,
+    start_process,
+    stop_process_group,
+    wait_for_port,
+    write_connection,
+)
 from simulations.scenario import Scenario, toml_value
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONNECTION = "fedvlm-simulation"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {process.returncode}; see {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"flower-superlink did not listen on port {port} in {timeout:.0f}s")
-
-
-def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a process started with `start_new_session=True`, children included."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-def child_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower's processes: offline, quiet, one thread per process."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-            "CODECARBON_LOG_LEVEL": "error",
-            "RAY_DEDUP_LOGS": "0",
-            # Quiet the libraries so the per-round table stays readable.
-            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "PYTHONWARNINGS": "ignore::FutureWarning",
-            # Flower's processes spawn each other by executable name (flower-superexec,
-            # flwr-simulation...): the venv's bin must come first on PATH.
-            "PATH": os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", ""))),
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-            ),
-        }
-    )
-    return env
 
 
 @contextmanager
 def simulation_superlink(flwr_home: Path, log_dir: Path) -> Iterator[str]:
     """Start a simulation SuperLink and register it as the `flwr` connection; yield its name."""
     # Flower 1.42 serves the Control, Runtime and Fleet APIs on one HTTP port.
-    port = _free_port()
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
+    port = free_port()
+    write_connection(flwr_home, CONNECTION, f"127.0.0.1:{port}")
     log = log_dir / "superlink.log"
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        str(Path(sys.executable).parent / "flower-superlink"),
+        flower_executable("flower-superlink"),
         "--insecure",
         "--simulation",
         "--isolation",
@@ -114,16 +54,9 @@ def simulation_superlink(flwr_home: Path, log_dir: Path) -> Iterator[str]:
         str(log),
     ]
     with open(log, "ab") as sink:
-        process = subprocess.Popen(
-            command,
-            env=child_env(flwr_home),
-            cwd=PROJECT_ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = start_process(command, child_env(flwr_home), sink)
     try:
-        _wait_for_port(port, process, log, timeout=60)
+        wait_for_port("127.0.0.1", port, process, log, timeout=60)
         yield CONNECTION
     finally:
         stop_process_group(process)
@@ -152,7 +85,7 @@ def run_scenario(
         with simulation_superlink(flwr_home, run_folder) as connection:
             result = subprocess.run(
                 [
-                    str(Path(sys.executable).parent / "flwr"),
+                    flower_executable("flwr"),
                     "run",
                     str(PROJECT_ROOT),
                     connection,

@@ -1,0 +1,110 @@
+"""The launchers' checks and the Flower command lines they build (no process started)."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from client.launch import NodeOptions, node_config_text, supernode_command
+from coordinator.launch import CoordinatorOptions, superlink_command, with_run_folder
+from fedvlm.cli import main
+from fedvlm.credentials import make_credentials
+from fedvlm.data.imagefolder import write_imagefolder
+from fedvlm.data.partition import synthetic_site
+from fedvlm.errors import FedVLMError
+
+
+@pytest.fixture
+def creds(tmp_path):
+    return make_credentials(tmp_path / "credentials", sites=["a"])
+
+
+def test_superlink_runs_with_tls_node_auth_and_a_database(creds, tmp_path):
+    options = CoordinatorOptions(
+        credentials=creds.folder, site_keys=[creds.site_keys["a"][1]], state_dir=tmp_path / "s"
+    )
+    options.check()
+    command = shlex.join(superlink_command(options, tmp_path / "log"))
+    for flag in (
+        f"--ssl-ca-certfile {creds.ca_cert}",
+        f"--ssl-certfile {creds.server_cert}",
+        f"--ssl-keyfile {creds.server_key}",
+        "--enable-supernode-auth",
+        f"--database {tmp_path / 's' / 'superlink.db'}",
+        "--disable-runtime-dependency-installation",
+    ):
+        assert flag in command
+    assert "--insecure" not in command
+
+    insecure = CoordinatorOptions(credentials=None, site_keys=[], state_dir=tmp_path, insecure=True)
+    insecure.check()
+    command = superlink_command(insecure, tmp_path / "log")
+    assert "--insecure" in command and "--enable-supernode-auth" not in command
+
+
+def test_coordinator_refuses_missing_or_contradictory_inputs(creds, tmp_path):
+    key = creds.site_keys["a"][1]
+    cases = [
+        ({"credentials": None, "site_keys": [key]}, "--credentials FOLDER is required"),
+        ({"credentials": tmp_path, "site_keys": [key]}, "ca.crt does not exist"),
+        ({"credentials": creds.folder, "site_keys": []}, "no site could join"),
+        ({"credentials": creds.folder, "site_keys": [tmp_path / "x.pub"]}, "x.pub does not exist"),
+        ({"credentials": None, "site_keys": [key], "insecure": True}, "node authentication needs"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(FedVLMError, match=message):
+            CoordinatorOptions(state_dir=tmp_path, **fields).check()
+
+
+def test_run_folder_is_made_absolute_and_resume_finds_a_name_under_run_dir(tmp_path):
+    config, folder = with_run_folder({"run-dir": "out", "run-name": "r1"}, tmp_path)
+    assert folder == tmp_path / "out" / "r1" and config["run-dir"] == str(tmp_path / "out")
+    (tmp_path / "out" / "r1").mkdir(parents=True)
+    config, folder = with_run_folder({"run-dir": "out", "resume": "r1"}, tmp_path)
+    assert config["resume"] == str(tmp_path / "out" / "r1") == str(folder)
+
+
+def test_node_command_carries_tls_key_and_site_settings(creds, tmp_path):
+    options = NodeOptions(
+        superlink="fl.example.org:8000",
+        data_path=tmp_path / "site",
+        root_certificates=creds.ca_cert,
+        private_key=creds.site_keys["a"][0],
+        settings={"carbon-intensity": 56.0, "lora-rank": 4, "country-iso-code": "CHE"},
+        port=9100,
+    )
+    options.check()
+    command = supernode_command(options, 9100)
+    assert command[command.index("--root-certificates") + 1] == str(creds.ca_cert)
+    assert command[command.index("--auth-supernode-private-key") + 1] == str(
+        creds.site_keys["a"][0]
+    )
+    assert command[command.index("--node-config") + 1] == (
+        f'data-path="{(tmp_path / "site").resolve()}" carbon-intensity=56.0 lora-rank=4 '
+        'country-iso-code="CHE"'
+    )
+    assert command[command.index("--port") + 1] == "9100"
+    with pytest.raises(FedVLMError, match="only scalars"):
+        node_config_text(Path("x"), {"bad": [1, 2]})
+
+
+def test_node_refuses_a_readable_private_key(creds, tmp_path):
+    key = creds.site_keys["a"][0]
+    key.chmod(0o644)
+    options = NodeOptions("h:1", tmp_path, root_certificates=creds.ca_cert, private_key=key)
+    with pytest.raises(FedVLMError, match="readable by others; chmod 600"):
+        options.check()
+
+
+def test_check_data_names_file_and_line(tmp_path, capsys):
+    site = synthetic_site(0, 2, n_train=4, n_val=2, label_alpha=0.5, acquisition_skew=0.5, seed=0)
+    folder = write_imagefolder({"train": site.train, "validation": site.val}, tmp_path / "site")
+    assert main(["check-data", str(folder)]) == 0
+    assert "is a valid site folder" in capsys.readouterr().out
+
+    metadata = folder / "metadata.jsonl"
+    lines = metadata.read_text().splitlines()
+    lines[1] = lines[1].replace('"split": "train"', '"split": "test"')
+    metadata.write_text("\n".join(lines) + "\n")
+    assert main(["check-data", str(folder)]) == 2
+    assert "metadata.jsonl:2: split must be one of train, validation" in capsys.readouterr().err

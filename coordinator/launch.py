@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +289,7 @@ def run_coordinator(opts: CoordinatorOptions) -> Path:
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
     run_config, run_folder = with_run_folder(opts.run_config, Path.cwd())
-    opts = CoordinatorOptions(**{**vars(opts), "run_config": run_config})
+    opts = replace(opts, run_config=run_config)
     with running_superlink(opts) as env:
         for site, node_id in register_site_keys(opts.site_keys, env).items():
             print(f"fedvlm: site {site}: node {node_id}", flush=True)

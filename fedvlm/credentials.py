@@ -190,10 +190,10 @@ def make_credentials(
 ) -> Credentials:
     """Create a CA, a SuperLink certificate for `hosts`, and one key pair per site.
 
-    An existing CA (``ca.crt`` + ``ca.key``) in `folder` is reused to sign a new server
-    certificate only when `force` is given; without it, any existing file is refused, so
-    running the command twice never silently invalidates what the sites already hold. New
-    sites can be added later with `make_site_key`, which touches only that site's files.
+    Any existing file is refused unless `force` is given, so running the command twice
+    never silently invalidates what the sites already hold (``force`` makes a new CA too).
+    New sites can be added later with `make_site_key`, which touches only that site's
+    files.
 
     Parameters
     ----------

@@ -27,6 +27,13 @@ def _pairs(pairs: Sequence[str], flag: str) -> dict:
 def _credentials(args: argparse.Namespace) -> int:
     from fedvlm import credentials
 
+    if args.sites_only:  # a new site joins: its key pair only, CA and server untouched
+        for site in args.site:
+            private, public = credentials.make_site_key(
+                Path(args.out).expanduser(), site, force=args.force
+            )
+            print(f"fedvlm: site {site} gets {private} (secret, 0600); register {public}")
+        return 0
     hosts = list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"]))
     made = credentials.make_credentials(
         args.out, hosts=hosts, sites=args.site, force=args.force, days=args.days
@@ -106,6 +113,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     )
     cred.add_argument("--days", type=int, default=365, help="certificate validity (365)")
     cred.add_argument("--force", action="store_true", help="overwrite existing files")
+    cred.add_argument(
+        "--sites-only",
+        action="store_true",
+        help="only add key pairs for the given --site names to an existing folder",
+    )
     cred.set_defaults(func=_credentials)
 
     coord = sub.add_parser(

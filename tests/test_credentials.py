@@ -69,3 +69,6 @@ def test_cli_makes_credentials_and_refuses_a_second_time(tmp_path, capsys):
     assert "site a gets: ca.crt and a.key" in capsys.readouterr().out
     assert main(["credentials", "--out", str(out), "--site", "a"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+    ca = (out / "ca.crt").read_bytes()
+    assert main(["credentials", "--out", str(out), "--sites-only", "--site", "b"]) == 0
+    assert (out / "b.key").is_file() and (out / "ca.crt").read_bytes() == ca

@@ -24,3 +24,5 @@ LOCAL_STEPS = "local-steps"
 LEARNING_RATE = "learning-rate"
 BATCH_SIZE = "batch-size"
 SEED = "seed"
+PROXIMAL_MU = "proximal-mu"  # FedProx: the client adds mu/2 ||w - w_global||^2 (Flower's name)
+FREEZE_LORA_A = "freeze-lora-a"  # FFA-LoRA: freeze every LoRA A, send only the exchanged keys

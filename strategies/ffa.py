@@ -6,15 +6,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedvlm import contract
+from fedvlm.lora_factors import exchanged_keys
 from strategies.fedavg import FedAvg
-from strategies.lora_factors import exchanged_keys
 from strategies.validation import TensorSpec
-
-# Train ConfigRecord key telling the client to freeze every LoRA A factor and send an
-# update of the `exchanged_keys` only (belongs in fedvlm.contract).
-FREEZE_LORA_A = "freeze-lora-a"
-
-__all__ = ["FREEZE_LORA_A", "FFALoRA", "exchanged_keys"]
 
 
 class FFALoRA(FedAvg):
@@ -44,7 +39,7 @@ class FFALoRA(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the full global adapter and ask clients to freeze A."""
-        config[FREEZE_LORA_A] = True
+        config[contract.FREEZE_LORA_A] = True
         return super().configure_train(server_round, arrays, config, grid)
 
     def update_spec(self) -> dict[str, TensorSpec]:

@@ -4,15 +4,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from strategies.base import weighted_mean
-from strategies.fedavg import FedAvg
-from strategies.lora_factors import (
+from fedvlm.lora_factors import (
     factor_of,
     lora_pairs,
     refactor_by_importance,
     stack_factors,
     truncate_to_rank,
 )
+from strategies.base import weighted_mean
+from strategies.fedavg import FedAvg
 from strategies.validation import AcceptedUpdate, TensorSpec, variable_rank_spec
 
 

@@ -4,9 +4,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedvlm.lora_factors import pad_to_shapes
 from strategies.base import weighted_mean
 from strategies.fedavg import FedAvg
-from strategies.lora_factors import pad_to_shapes
 from strategies.validation import AcceptedUpdate, TensorSpec, variable_rank_spec
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedvlm import contract
-from strategies.lora_factors import factor_of, partner, rank_axis
+from fedvlm.lora_factors import factor_of, partner, rank_axis
 
 # Names of the checks, as written to the ledger.
 CHECK_ERROR = "error-reply"

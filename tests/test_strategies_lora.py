@@ -14,9 +14,7 @@ from test_strategies_fixtures import (
 )
 
 from fedvlm import contract
-from strategies import FFALoRA, FLoRA, HetLoRA
-from strategies.ffa import FREEZE_LORA_A
-from strategies.lora_factors import (
+from fedvlm.lora_factors import (
     exchanged_keys,
     lora_pairs,
     pad_to_shapes,
@@ -24,6 +22,7 @@ from strategies.lora_factors import (
     stack_factors,
     truncate_to_rank,
 )
+from strategies import FFALoRA, FLoRA, HetLoRA
 from strategies.validation import CHECK_KEYS, CHECK_SHAPE
 
 WEIGHTS = [5, 20, 9]
@@ -78,7 +77,7 @@ def test_ffa_aggregate_of_b_is_mean_of_b_and_product_is_mean_delta_w():
     global_arrays = adapter(seed=1)
     strategy = FFALoRA(min_available_nodes=3)
     messages = send(strategy, global_arrays)
-    assert messages[0].content[contract.CONFIG][FREEZE_LORA_A] is True
+    assert messages[0].content[contract.CONFIG][contract.FREEZE_LORA_A] is True
     updates = [
         {k: v for k, v in adapter(seed=40 + i, scale=0.05).items() if k != LORA_A} for i in range(3)
     ]

@@ -85,7 +85,7 @@ def test_fedprox_sends_proximal_mu_and_aggregates_as_fedavg():
     updates = [adapter(seed=80 + i, scale=0.01) for i in range(3)]
     prox = FedProx(proximal_mu=0.25, min_available_nodes=3)
     messages = send(prox, adapter(seed=1))
-    assert messages[0].content[contract.CONFIG]["proximal-mu"] == 0.25
+    assert messages[0].content[contract.CONFIG][contract.PROXIMAL_MU] == 0.25
     _, got = _round(FedProx(proximal_mu=0.25, min_available_nodes=5), updates + updates[:2])
     _, plain = _round(FedAvg(min_available_nodes=5), updates + updates[:2])
     for name in got:

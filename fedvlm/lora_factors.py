@@ -1,13 +1,13 @@
-"""Pure numpy helpers on LoRA factors, shared by the LoRA-aware strategies.
+"""Pure numpy helpers on LoRA factors, shared by the LoRA-aware strategies and the client.
 
 PEFT stores each adapted layer as two factors: ``...lora_A.weight`` of shape
 ``(r, in)`` and ``...lora_B.weight`` of shape ``(out, r)`` (embeddings: ``lora_embedding_A``
 ``(r, n)`` and ``lora_embedding_B`` ``(d, r)``), so the rank sits on axis 0 of A and axis 1
 of B. Other adapter tensors (a trainable projector in ``modules_to_save``) are plain.
 
-Nothing here imports Flower or the rest of the project: the client may need the same
-functions (truncate the global adapter to its rank, pad its update, pick the tensors
-FFA-LoRA exchanges), so this module can move into ``fedvlm`` unchanged.
+Nothing here imports Flower: the client needs the same functions as the strategies
+(truncate the global adapter to its rank, pad its update, pick the tensors FFA-LoRA
+exchanges), and both may import ``fedvlm``.
 
 The heterogeneous-rank helpers assume every site scales its LoRA product by the same
 constant (PEFT scales by ``lora_alpha / r``: give each site ``lora_alpha`` proportional to its

@@ -7,6 +7,7 @@ accountant object is rebuilt from it whenever ε is needed, so no state can sile
 zero because an object did not survive a process.
 """
 
+import functools
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -14,11 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from fedvlm.errors import ConfigError, FedVLMError
 
 Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+
+#: Below this noise multiplier the PRV accountant is replaced by RDP (see `epsilon`).
+PRV_MIN_NOISE = 0.5
+_MAX_NOISE = 1e4
 
 
 class BudgetExhaustedError(FedVLMError):
@@ -74,10 +78,11 @@ class PrivacyHistory:
             return 0.0
         if any(z <= 0 for z, _, _ in releases):
             return float("inf")
-        accountant = create_accountant(mechanism=self.accountant)
-        accountant.history = list(releases)
-        with _quiet():
-            return float(accountant.get_epsilon(delta=delta))
+        # PRV's discretisation needs huge grids at small noise (memory errors, inf seen at
+        # z = 0.1); RDP is then used instead. Both are upper bounds on the true ε.
+        smallest = min(z for z, _, _ in releases)
+        mechanism = "rdp" if self.accountant == "prv" and smallest < PRV_MIN_NOISE else None
+        return _epsilon(mechanism or self.accountant, _merged(releases), delta)
 
     def to_lists(self) -> dict[str, list[float] | list[int] | str]:
         """Flat lists for a Flower ConfigRecord or a JSON ledger."""
@@ -99,6 +104,24 @@ class PrivacyHistory:
         )
 
 
+def _merged(releases: Iterable[Release]) -> tuple[Release, ...]:
+    """Consecutive releases with the same (z, q) as one entry (what `add` keeps)."""
+    history = PrivacyHistory("")
+    for noise, rate, steps in releases:
+        history.add(noise, rate, steps)
+    return tuple(history.releases)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(mechanism: str, releases: tuple[Release, ...], delta: float) -> float:
+    """ε of a history; cached because a site asks for the same one several times a round
+    (budget check, report, projection) and PRV costs up to a second on a CPU."""
+    accountant = create_accountant(mechanism=mechanism)
+    accountant.history = list(releases)
+    with _quiet():
+        return float(accountant.get_epsilon(delta=delta))
+
+
 def calibrate_noise(
     key: str,
     *,
@@ -108,27 +131,28 @@ def calibrate_noise(
     steps: int,
     accountant: str,
 ) -> float:
-    """The smallest noise multiplier (to 1%) with which ``steps`` releases spend the budget.
+    """The smallest noise multiplier (to 0.5%) with which ``steps`` releases stay within
+    the budget; bisection over `PrivacyHistory.epsilon`, so it shares its PRV safeguard.
 
     Raises
     ------
     ConfigError
-        Naming ``key`` (the ε budget) when no finite noise reaches it.
+        Naming ``key`` (the ε budget) when no reasonable noise reaches it.
     """
-    try:
-        with _quiet():
-            noise = get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=0.01 * target_epsilon,
+
+    def spent(noise: float) -> float:
+        return PrivacyHistory(accountant, [(noise, sample_rate, steps)]).epsilon(delta)
+
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > _MAX_NOISE:
+            raise ConfigError(
+                key,
+                f"ε = {target_epsilon:g} at δ = {delta:g} cannot be reached in {steps} steps "
+                f"at sampling rate {sample_rate:.3g} with a noise multiplier below {_MAX_NOISE:g}",
             )
-    except ValueError as err:
-        raise ConfigError(
-            key,
-            f"ε = {target_epsilon:g} at δ = {delta:g} cannot be reached in {steps} steps at "
-            f"sampling rate {sample_rate:.3g}: {err}",
-        ) from err
-    return float(noise)
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if spent(middle) > target_epsilon else (low, middle)
+    return high

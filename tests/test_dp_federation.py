@@ -4,7 +4,6 @@ through Flower's protobuf serialisation and keeps each node's `context.state` be
 messages, as a deployment does.
 """
 
-import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -225,30 +224,3 @@ def test_misconfiguration_is_an_error_naming_the_key_before_anything_is_released
     assert err.value.key == key
     rows = read_ledger(tmp_path / "dp")
     assert all(row["round"] == 0 for row in rows)  # no round was ever recorded
-
-
-def test_client_level_noise_has_the_calibrated_std_on_the_mean():
-    from privacy.client_level import ClientLevelDP
-    from privacy.settings import PrivacySettings
-
-    settings = PrivacySettings.from_config(
-        {
-            "dp-mode": "client",
-            "dp-client-target-epsilon": 8.0,
-            "dp-client-noise-multiplier": 1.3,
-            "dp-client-clip": 0.2,
-            "dp-client-delta": 0.01,
-        }
-    ).client
-    dp = ClientLevelDP(settings, planned_rounds=100, rng=np.random.default_rng(0))
-    sites = 5
-    rate = dp.prepare_round(sites, 10)
-    zero = {"a": np.zeros((300, 200)), "b": np.zeros(40_000)}
-    draws = []
-    for _ in range(5):
-        noisy = dp.add_noise(zero, sites, rate)
-        draws.append(np.concatenate([v.ravel() for v in noisy.values()]) / sites)
-    empirical = float(np.std(np.concatenate(draws)))
-    assert empirical == pytest.approx(1.3 * 0.2 / sites, rel=0.05)
-    assert abs(float(np.mean(np.concatenate(draws)))) < 0.01 * empirical  # centred
-    assert dp.history.steps == 5 and rate == 0.5

@@ -12,9 +12,9 @@ from fedvlm.adapter import get_adapter_state, set_adapter_state, subtract
 from fedvlm.batching import encode, score
 from fedvlm.embedded.shapes import make_examples
 from fedvlm.errors import ConfigError
-from fedvlm.lora import LoraSettings
+from fedvlm.lora import LoraSettings, apply_lora
 from fedvlm.training import take, train_local
-from fedvlm.vlm import load_peft_model
+from fedvlm.vlm import load_base, load_peft_model
 from privacy import keys
 from privacy.accounting import BudgetExhaustedError
 from privacy.dp_sgd import make_private, poisson_sample_rate, train_local_dp
@@ -34,15 +34,19 @@ def vlm():
     set_adapter_state(model, initial)
 
 
-def test_no_noise_and_a_huge_clip_reproduce_the_non_dp_update(vlm):
+def test_no_noise_and_a_huge_clip_reproduce_the_non_dp_update():
     """Guard against silently corrupted LoRA updates (opacus issue 820).
 
-    With q = 1 every Poisson batch is the whole set, so both runs see the same batches.
+    With q = 1 every Poisson batch is the whole set, so both runs see the same batches. The
+    model is in float64: in float32, AdamW divides gradients that cancel to ~1e-9 by
+    sqrt(v) + 1e-8, which turns summation-order rounding into update differences of ~1e-5
+    on a few entries; in float64 the two updates agree to ~1e-14, so 1e-6 is a real check.
     """
-    model, processor = vlm
+    base, processor = load_base("embedded")
+    model = apply_lora(base.double(), LoraSettings())
     examples = make_examples(6, seed=3)
     initial = get_adapter_state(model)
-    train_local(model, processor, examples, steps=3, lr=1e-4, batch_size=6, seed=0)
+    train_local(model, processor, examples, steps=3, lr=1e-3, batch_size=6, seed=0)
     plain = subtract(get_adapter_state(model), initial)
     set_adapter_state(model, initial)
     stats = train_local_dp(
@@ -50,19 +54,18 @@ def test_no_noise_and_a_huge_clip_reproduce_the_non_dp_update(vlm):
         processor,
         examples,
         steps=3,
-        lr=1e-4,
+        lr=1e-3,
         batch_size=6,
         noise_multiplier=0.0,
         max_grad_norm=1e6,
         rng_seed=0,
     )
     private = subtract(get_adapter_state(model), initial)
-    set_adapter_state(model, initial)
     assert stats.releases == [(0.0, 1.0, 3)]
-    assert max(float(t.abs().max()) for t in plain.values()) > 5e-5  # the update is not empty
+    assert max(float(t.abs().max()) for t in plain.values()) > 1e-3  # the update is not empty
     for name in plain:
         assert torch.allclose(private[name], plain[name], atol=1e-6, rtol=0), name
-    # The hooks are gone: the cached model trains and evaluates as before afterwards.
+    # The hooks are gone: the model trains and evaluates as before afterwards.
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
 
 

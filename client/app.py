@@ -13,6 +13,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.dp import protect_update, train_with_privacy
+from client.lora_site import freezes_a, frozen_lora_a, outgoing, site_lora, truncate
 from client.secure_aggregation import refuse_plain_train
 from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
@@ -30,6 +31,7 @@ from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
+from privacy.secagg.settings import SecureAggregationSettings
 from privacy.site_account import SiteRefusalError, refusal_reply
 
 app = ClientApp()
@@ -43,10 +45,12 @@ def _prepare(msg: Message, context: Context):
     run = RunSettings.from_config(context.run_config)
     node = NodeSettings.from_config(context.node_config)
     site = load_site(node, run.simulation, run.seed)
-    model, processor = load_peft_model(run.base_model, run.lora)
+    lora = site_lora(run.lora, context.node_config)  # a site may train a smaller rank
+    model, processor = load_peft_model(run.base_model, lora)
     global_adapter = arrayrecord_to_adapter(msg.content[contract.ARRAYS])
-    set_adapter_state(model, global_adapter)
-    return run, site, model, processor, global_adapter
+    start = truncate(global_adapter, lora.rank)  # the site's first components of the global
+    set_adapter_state(model, start)
+    return run, site, model, processor, global_adapter, start
 
 
 def _meter(context: Context) -> EnergyMeter:
@@ -63,24 +67,33 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
     Shared by the plain `train` reply and the secure-aggregation masked-input stage, so
     both send the result of the very same local training (energy is metered by the caller).
     """
-    run, site, model, processor, global_adapter = _prepare(msg, context)
+    run, site, model, processor, global_adapter, start = _prepare(msg, context)
     config = msg.content[contract.CONFIG]
     server_round = int(config[contract.SERVER_ROUND])
     partition = int(context.node_config.get("partition-id", 0))
     started = time.perf_counter()
     # Under sample-level DP this trains with DP-SGD, or refuses (SiteRefusalError) a round
     # that would exceed the site's ε budget; under client-level DP the update is clipped.
-    stats, privacy_metrics = train_with_privacy(
-        context,
-        config,
-        run,
-        model,
-        processor,
-        site.train,
-        seed=run.seed + 100_003 * server_round + partition,
-        reference=global_adapter,
+    # FFA-LoRA: the A factors stay at the global's, only the exchanged tensors are sent.
+    freeze_a = freezes_a(config)
+    with frozen_lora_a(model, freeze_a):
+        stats, privacy_metrics = train_with_privacy(
+            context,
+            config,
+            run,
+            model,
+            processor,
+            site.train,
+            seed=run.seed + 100_003 * server_round + partition,
+            reference=start,
+        )
+    update = outgoing(
+        subtract(get_adapter_state(model), start),
+        global_adapter,
+        freeze_a=freeze_a,
+        pad=SecureAggregationSettings.from_config(context.run_config).enabled,
     )
-    update = protect_update(context.run_config, subtract(get_adapter_state(model), global_adapter))
+    update = protect_update(context.run_config, update)
     metrics = {
         contract.NUM_EXAMPLES: len(site.train),
         contract.TRAIN_LOSS: stats.mean_loss,
@@ -114,7 +127,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global adapter on this site's own validation split (scalars only)."""
     with _meter(context).measure() as energy:
-        _, site, model, processor, _ = _prepare(msg, context)
+        _, site, model, processor, _, _ = _prepare(msg, context)
         stats = evaluate(model, processor, site.val)
     metrics = {
         contract.NUM_EXAMPLES: stats.examples,

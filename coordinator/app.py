@@ -45,6 +45,7 @@ from privacy.accounting import BudgetExhaustedError
 from privacy.secagg.settings import SecureAggregationSettings
 from privacy.settings import PrivacySettings
 from strategies import build_strategy, require_linear
+from strategies.settings import StrategySettings
 
 app = ServerApp()
 
@@ -61,12 +62,16 @@ def main(grid: Grid, context: Context) -> None:
     node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
     heldout = heldout_set(run.simulation.heldout_examples, seed=run.seed)
+    # The global adapter has the run's lora-rank, the largest any site may train (a site
+    # declares a smaller one in its node config); FLoRA's stacked global is capped at it.
+    strategy_settings = StrategySettings.from_config(context.run_config)
     strategy = build_strategy(
         run.strategy,
         fraction_train=run.fraction_train,
         min_train_nodes=run.min_train_nodes,
         min_evaluate_nodes=run.min_train_nodes,
         min_available_nodes=run.min_available_nodes,
+        **strategy_settings.kwargs_for(run.strategy, global_rank=run.lora.rank),
     )
     # With secure aggregation the coordinator only ever learns the sum of the updates.
     if secagg.enabled:

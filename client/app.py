@@ -13,7 +13,14 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.dp import protect_update, train_with_privacy
-from client.lora_site import freezes_a, frozen_lora_a, outgoing, site_lora, truncate
+from client.lora_site import (
+    freezes_a,
+    frozen_lora_a,
+    outgoing,
+    site_lora,
+    summed_by_coordinator,
+    truncate,
+)
 from client.secure_aggregation import refuse_plain_train
 from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
@@ -31,7 +38,6 @@ from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
-from privacy.secagg.settings import SecureAggregationSettings
 from privacy.site_account import SiteRefusalError, refusal_reply
 
 app = ClientApp()
@@ -91,7 +97,7 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
         subtract(get_adapter_state(model), start),
         global_adapter,
         freeze_a=freeze_a,
-        pad=SecureAggregationSettings.from_config(context.run_config).enabled,
+        pad=summed_by_coordinator(context.run_config),
     )
     update = protect_update(context.run_config, update)
     metrics = {

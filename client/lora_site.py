@@ -3,9 +3,9 @@
 - **Heterogeneous ranks** (strategies ``hetlora``, ``flora``): a site may declare a smaller
   LoRA rank than the run's in its node config (``lora-rank``). The global adapter always has
   the run's rank, the largest; the site loads its first ``r`` components, trains them, and
-  sends an update of rank ``r`` (zero-padded back to the global's shapes under secure
-  aggregation, whose masks must cover equal shapes). Its ``lora_alpha`` scales with its rank,
-  so ``B @ A`` means the same weight change at every site.
+  sends an update of rank ``r`` (zero-padded back to the global's shapes when the
+  coordinator only sums updates: secure aggregation, client-level DP). Its ``lora_alpha``
+  scales with its rank, so ``B @ A`` means the same weight change at every site.
 - **FFA-LoRA** (``freeze-lora-a`` in the train config): every LoRA A factor is frozen at the
   shared initialisation the global carries, and only the other tensors (B factors,
   projector) are sent: about half the bytes.
@@ -25,6 +25,8 @@ from fedvlm.adapter import Adapter, adapter_parameters
 from fedvlm.errors import ConfigError
 from fedvlm.lora import LoraSettings
 from fedvlm.lora_factors import exchanged_keys, factor_of, pad_to_shapes, truncate_to_rank
+from privacy.secagg.settings import SecureAggregationSettings
+from privacy.settings import PrivacySettings
 
 SITE_RANK = "lora-rank"  # node_config key
 
@@ -86,6 +88,16 @@ def outgoing(update: Adapter, global_adapter: Adapter, *, freeze_a: bool, pad: b
     shapes = {name: tuple(global_adapter[name].shape) for name in sent}
     padded = pad_to_shapes({k: t.numpy() for k, t in sent.items()}, shapes)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in padded.items()}
+
+
+def summed_by_coordinator(run_config: Mapping[str, Any]) -> bool:
+    """Whether the coordinator only adds the updates up (secure aggregation, client-level DP).
+
+    Then every site's update must have the global adapter's shapes, so a site of smaller
+    rank zero-pads its factors (`outgoing` with ``pad=True``).
+    """
+    secure = SecureAggregationSettings.from_config(run_config).enabled
+    return secure or PrivacySettings.from_config(run_config).client is not None
 
 
 def freezes_a(train_config: Mapping[str, Any]) -> bool:

@@ -65,13 +65,13 @@ def global_adapter() -> Adapter:
     }
 
 
-def _context(node: int, partition: int, **node_config) -> Context:
+def _context(node: int, partition: int, run_config=None, **node_config) -> Context:
     return Context(
         run_id=1,
         node_id=node,
         node_config={"partition-id": partition, "num-partitions": 2, **node_config},
         state=RecordDict(),
-        run_config=dict(RUN_CONFIG),
+        run_config=dict(run_config or RUN_CONFIG),
     )
 
 
@@ -218,6 +218,27 @@ def test_sites_of_rank_4_and_8_train_and_aggregate_into_a_global_of_the_run_rank
     client_app.train_update(
         _train_message(arrayrecord_to_adapter(new_global), 21), _context(21, 0, **{"lora-rank": 4})
     )
+
+
+def test_a_smaller_site_pads_its_update_when_the_coordinator_only_sums(global_adapter):
+    client_dp = {
+        **RUN_CONFIG,
+        "dp-mode": "client",
+        "dp-client-target-epsilon": 8.0,
+        "dp-client-clip": 0.5,
+    }
+    reply = _deliver(
+        _train_message(global_adapter, 5), _context(5, 0, client_dp, **{"lora-rank": 4})
+    )
+    update = _update(reply)
+    assert {k: v.shape for k, v in update.items()} == {
+        k: tuple(t.shape) for k, t in global_adapter.items()
+    }
+    for name_a, name_b in lora_pairs(update):  # components 4..8 were never trained here
+        assert not update[name_a][4:].any() and not update[name_b][:, 4:].any()
+    assert update[name_a][:4].any()
+    norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values()))
+    assert norm <= 0.5 + 1e-6  # clipped to dp-client-clip
 
 
 # --- FedProx --------------------------------------------------------------------------------

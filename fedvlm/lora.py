@@ -1,9 +1,10 @@
 """LoRA settings and their application to a base VLM.
 
-Only the language model's attention and MLP projections get LoRA: on LLaVA-style models the vision
-tower reuses the same layer names, so the target is a regex anchored on ``language_model``. The
-multimodal projector is small and domain-specific, so it is trained in full (PEFT
-``modules_to_save``) unless ``train_projector`` is off.
+By default only the language model's attention and MLP projections get LoRA: on most VLMs the
+vision tower reuses the same layer names, so the target is a regex anchored on the family's
+decoder module (``fedvlm.families``); ``vision`` adds the vision encoder's linears. The
+multimodal projector is domain-specific, so it is trained in full (PEFT ``modules_to_save``)
+unless ``train_projector`` is off.
 """
 
 from dataclasses import dataclass
@@ -13,12 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from fedvlm.errors import ConfigError
-
-LANGUAGE_MODEL_LINEARS = (
-    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-)
-# Names the projector has in the architectures transformers ships (LLaVA, Idefics3/SmolVLM).
-PROJECTOR_NAMES = ("multi_modal_projector", "connector")
+from fedvlm.families import family_for_config
 
 
 @dataclass(frozen=True)
@@ -33,17 +29,22 @@ class LoraSettings:
         LoRA scaling numerator (``lora-alpha``); the update is scaled by ``alpha / rank``.
     dropout : float
         Dropout on the LoRA branch (``lora-dropout``), in [0, 1).
-    target_modules : str
-        Regex (full match) of the module names that receive LoRA.
+    target_modules : str | None
+        Regex (full match) of the module names that receive LoRA; ``None`` takes the model
+        family's default (its language model's attention and MLP linears).
     train_projector : bool
         Also train the multimodal projector in full (``train-projector``).
+    vision : bool
+        Also put LoRA on the vision encoder's linears (``lora-vision``); ignored when
+        ``target_modules`` is given.
     """
 
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: str = LANGUAGE_MODEL_LINEARS
+    target_modules: str | None = None
     train_projector: bool = True
+    vision: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -54,14 +55,10 @@ class LoraSettings:
             raise ConfigError("lora-dropout", f"must be in [0, 1), got {self.dropout!r}")
 
 
-def _projector_name(model: PreTrainedModel) -> str:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for candidate in PROJECTOR_NAMES:
-        if candidate in names:
-            return candidate
-    raise ConfigError(
-        "train-projector", f"no projector module ({', '.join(PROJECTOR_NAMES)}) in this model"
-    )
+def _projector_name(model: PreTrainedModel, name: str) -> str:
+    if not any(full.rsplit(".", 1)[-1] == name for full, _ in model.named_modules()):
+        raise ConfigError("train-projector", f"no projector module '{name}' in this model")
+    return name
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, seed: int = 0) -> PeftModel:
@@ -71,12 +68,15 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, seed: int = 0)
     site and the coordinator build bit-identical initial adapters without disturbing the caller's
     random stream.
     """
+    family = family_for_config(model.config)
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
-        modules_to_save=[_projector_name(model)] if settings.train_projector else None,
+        target_modules=settings.target_modules or family.lora_targets(vision=settings.vision),
+        modules_to_save=[_projector_name(model, family.projector)]
+        if settings.train_projector
+        else None,
         bias="none",
     )
     with torch.random.fork_rng(devices=[]):

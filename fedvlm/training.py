@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from fedvlm.adapter import Adapter, adapter_parameters
-from fedvlm.batching import encode, score
+from fedvlm.batching import SEQUENCE_KEYS, encode, score
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import DataError
 
@@ -45,7 +45,7 @@ def take(batch: Mapping[str, torch.Tensor], index: torch.Tensor) -> dict[str, to
     """Rows ``index`` of an encoded batch, with the columns that are padding everywhere cut."""
     rows = {k: v[index] for k, v in batch.items()}
     length = int(rows["attention_mask"].sum(1).max())
-    for key in ("input_ids", "attention_mask", "labels"):
+    for key in SEQUENCE_KEYS:
         if key in rows:
             rows[key] = rows[key][:, :length]
     return rows

@@ -10,20 +10,16 @@ import functools
 import os
 from pathlib import Path
 
-import torch
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from peft import PeftModel
-from transformers import (
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    PreTrainedModel,
-    ProcessorMixin,
-)
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from fedvlm.embedded import EMBEDDED_MODEL_DIR
 from fedvlm.errors import ModelNotFoundError
+from fedvlm.families import family_for_model_type
 from fedvlm.lora import LoraSettings, apply_lora
+from fedvlm.runtime import ModelSettings
 
 EMBEDDED = "embedded"
 
@@ -60,32 +56,49 @@ def resolve_model_path(name_or_path: str, *, allow_download: bool = False) -> st
 def load_base(
     name_or_path: str = EMBEDDED,
     *,
-    device: str | None = None,
-    dtype: torch.dtype | None = None,
+    runtime: ModelSettings | None = None,
     allow_download: bool = False,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a vision-language model and its processor, in eval mode.
 
-    ``dtype`` defaults to float32 on CPU (the embedded model's training precision) and to the
-    checkpoint's own dtype elsewhere.
+    The checkpoint's ``model_type`` picks its family (``fedvlm.families``) first, so an
+    unsupported architecture or a missing optional package fails before any weights load.
+    ``runtime`` places the model (device, dtype, 4-bit base); it defaults to ``ModelSettings()``:
+    CUDA in bfloat16/float16 where there is a GPU, float32 on CPU.
     """
+    runtime = runtime or ModelSettings()
     path = resolve_model_path(name_or_path, allow_download=allow_download)
-    device = device or "cpu"
-    if dtype is None and device == "cpu":
-        dtype = torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto")
-    processor = AutoProcessor.from_pretrained(path)
-    return model.to(device).eval(), processor
+    family = family_for_model_type(AutoConfig.from_pretrained(path).model_type)
+    device = runtime.torch_device()
+    quantization = runtime.quantization_config()
+    model = AutoModelForImageTextToText.from_pretrained(
+        path,
+        dtype=runtime.torch_dtype(),
+        quantization_config=quantization,
+        device_map={"": device.index or 0} if quantization else None,
+    )
+    if quantization is None:
+        model = model.to(device)
+    return model.eval(), family.load_processor(path)
 
 
 @functools.lru_cache(maxsize=4)
 def load_peft_model(
-    name_or_path: str, lora: LoraSettings, *, device: str | None = None
+    name_or_path: str, lora: LoraSettings, *, runtime: ModelSettings | None = None
 ) -> tuple[PeftModel, ProcessorMixin]:
     """The base wrapped with a freshly initialised LoRA adapter, cached per process.
 
     Caching is safe because every round starts by overwriting the whole adapter with
-    ``set_adapter_state``; it is what keeps the base from being reloaded per round.
+    ``set_adapter_state``; it is what keeps the base from being reloaded per round. With
+    ``gradient_checkpointing`` (or a 4-bit base) the base is prepared for memory-lean training
+    before LoRA is applied.
     """
-    model, processor = load_base(name_or_path, device=device)
+    runtime = runtime or ModelSettings()
+    model, processor = load_base(name_or_path, runtime=runtime)
+    if runtime.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=runtime.gradient_checkpointing
+        )
+    elif runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return apply_lora(model, lora), processor

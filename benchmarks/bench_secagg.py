@@ -7,6 +7,9 @@ rebuild seeds + remove masks on the coordinator. Flower's masked vectors are int
 
     python benchmarks/bench_secagg.py            # n = 10, 50, 100 at 1M parameters (~30 s)
     python benchmarks/bench_secagg.py --full     # adds n = 250 and 500 (~3 min, ~3 GB RAM)
+    python benchmarks/bench_secagg.py --simulation   # + round time with / without secure
+                                                     #   aggregation in a simulated federation
+    python benchmarks/bench_secagg.py --clients --simulation   # that row only (~3 min)
 
 "round s" is a whole simulated round, every client's work included, in one process;
 "max |err|" is the largest error of the unmasked sum against the exact sum of the clipped
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -115,16 +121,58 @@ def shamir_times(n: int, threshold: int) -> tuple[float, float]:
     return ours_s, time.perf_counter() - start
 
 
-def main() -> None:
-    """Print the comparison table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="also 250 and 500 clients")
-    parser.add_argument("--params", type=int, default=1_000_000, help="update size")
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
-    args = parser.parse_args()
-    d = args.params
-    if args.full:
-        args.clients = sorted({*args.clients, 250, 500})
+def simulated_round(secure: bool, sites: int, rounds: int, steps: int) -> dict[str, float]:
+    """Run a short simulated federation (SuperLink + Ray, embedded model); return its costs.
+
+    The round time is the coordinator's wall-clock per round from the ledger (train with all
+    protocol stages, evaluation, recording); Ray's start-up is outside it.
+    """
+    from coordinator.ledger import read_ledger
+    from simulations.runner import run_scenario
+    from simulations.scenario import Scenario
+
+    scenario = Scenario(
+        name="secure" if secure else "plain",
+        federation={"num-supernodes": sites, "client-resources-num-cpus": 2},
+        run_config={
+            "num-server-rounds": rounds,
+            "local-steps": steps,
+            "sim-examples-per-site": 32,
+            "sim-val-examples-per-site": 8,
+            "heldout-examples": 32,
+            "min-train-nodes": sites,
+            "min-available-nodes": sites,
+            "energy-tracking": False,
+        },
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
+        run = run_scenario(scenario, {"secure-aggregation": secure}, run_dir=Path(tmp))
+        rows = read_ledger(run)[1:]
+    return {
+        "round_s": statistics.median(r["seconds"] for r in rows),
+        "bytes_up": statistics.median(r["bytes_up"] for r in rows) / sites,
+        "accuracy": rows[-1]["heldout_accuracy"],
+    }
+
+
+def print_simulation(sites: int, rounds: int, steps: int) -> None:
+    """Print round time with and without secure aggregation, and their ratio."""
+    print()
+    print(
+        f"Simulated federation: {sites} sites, {rounds} rounds x {steps} local steps, embedded "
+        "model (median round)"
+    )
+    print(f"{'aggregation':<12} {'round s':>8} {'up B/site':>10} {'final acc':>9}")
+    results = {secure: simulated_round(secure, sites, rounds, steps) for secure in (False, True)}
+    for secure, r in results.items():
+        name = "SecAgg+" if secure else "plain"
+        print(f"{name:<12} {r['round_s']:>8.2f} {r['bytes_up']:>10,.0f} {r['accuracy']:>9.3f}")
+    ratio = results[True]["round_s"] / results[False]["round_s"]
+    print(f"round time ratio secure / plain: {ratio:.2f}x")
+
+
+def table(clients: list[int], d: int) -> None:
+    """Print ours vs Flower's legacy SecAgg+ and the Shamir timings for each n."""
     rng = np.random.default_rng(0)
     print(f"SecAgg+ round, {d:,} parameters, 1 dropout after key sharing, clip {CLIP}")
     header = (
@@ -133,7 +181,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for n in args.clients:
+    for n in clients:
         base = [rng.uniform(-1.2, 1.2, d).astype(np.float32) for _ in range(4)]
         updates = [base[i % 4] for i in range(n)]
         config = SecAggConfig(num_clients=n, clip=CLIP)
@@ -153,10 +201,36 @@ def main() -> None:
     print()
     print("Shamir, one 32-byte secret: split n ways + rebuild from t shares (seconds)")
     print(f"{'n':>4} {'t':>3} {'fedvlm':>9} {'flower':>9}")
-    for n in args.clients:
+    for n in clients:
         t = n // 2 + 1
         mine_s, theirs_s = shamir_times(n, t)
         print(f"{n:>4} {t:>3} {mine_s:>9.4f} {theirs_s:>9.4f}")
+
+
+def main() -> None:
+    """Print the comparison table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also 250 and 500 clients")
+    parser.add_argument("--params", type=int, default=1_000_000, help="update size")
+    parser.add_argument(
+        "--clients", type=int, nargs="*", default=[10, 50, 100], help="none: skip the table"
+    )
+    parser.add_argument(
+        "--simulation",
+        action="store_true",
+        help="also time rounds of a simulated federation with and without secure aggregation",
+    )
+    parser.add_argument("--sites", type=int, default=4, help="sites in --simulation")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in --simulation")
+    parser.add_argument("--steps", type=int, default=4, help="local steps in --simulation")
+    args = parser.parse_args()
+    d = args.params
+    if args.full:
+        args.clients = sorted({*args.clients, 250, 500})
+    if args.clients:
+        table(args.clients, d)
+    if args.simulation:
+        print_simulation(args.sites, args.rounds, args.steps)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ Flower's node sampling; numpy and torch drive the rest), the run config, and any
 state another part registers (privacy accountant, energy totals).
 
 Why the order ledger-then-checkpoint never counts a round twice: a crash between the two
-leaves a ledger row for round k and a checkpoint of round k-1; the resumed run repeats
-round k and `append_round` *replaces* that row (rows are keyed by round), so each round, its
-epsilon and its kWh appear exactly once. A crash before the ledger write loses nothing
-that was recorded. Because the RNG states are restored exactly, a deterministic run
-(fixed seeds, CPU) resumed after a kill ends with a bit-identical adapter.
+leaves a ledger row for round k and a checkpoint of round k-1; the resumed run drops that
+row (`truncate_ledger`) and repeats round k, so each round, its epsilon and its kWh appear
+exactly once, and cumulative totals continue from round k-1's row. A crash before the
+ledger write loses nothing that was recorded. Because the RNG states are restored exactly,
+a deterministic run (fixed seeds, CPU) resumed after a kill ends with a bit-identical
+adapter.
 """
 
 import io
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from coordinator.atomic import write_atomic
-from coordinator.ledger import read_ledger
+from coordinator.ledger import truncate_ledger
 from fedvlm.errors import ConfigError
 
 CHECKPOINT = "checkpoint.npz"
@@ -233,16 +234,16 @@ def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
 def open_resumed(run_config: Mapping[str, Any]) -> tuple[Path, Checkpoint] | None:
     """For a ``resume`` run: its folder and checkpoint, after checking the settings match.
 
-    Returns None for a fresh run. The ledger keeps rows up to the checkpointed round only
-    for counting purposes: a row written for the round being repeated is replaced when
-    that round is recorded again.
+    Returns None for a fresh run. Ledger rows after the checkpointed round (written just
+    before a crash, for the round about to be repeated) are dropped, so nothing that reads
+    the ledger counts that round twice.
     """
     folder = resume_folder(run_config)
     if folder is None:
         return None
     checkpoint = load_checkpoint(folder)
     check_same_run(checkpoint.run_config, run_config)
-    rounds = [row["round"] for row in read_ledger(folder)]
+    rounds = [row["round"] for row in truncate_ledger(folder, checkpoint.server_round)]
     if checkpoint.server_round not in rounds:
         raise ConfigError(
             "resume",

@@ -61,6 +61,22 @@ def append_round(run_dir: Path, row: dict[str, Any]) -> None:
     rows = [r for r in read_ledger(run_dir) if r["round"] != row["round"]]
     rows.append(row)
     rows.sort(key=lambda r: r["round"])
+    _write_rows(run_dir, rows)
+
+
+def truncate_ledger(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
+    """Keep only rounds up to `last_round`; return the rows kept.
+
+    A coordinator killed after writing a round's row but before its checkpoint resumes from
+    the previous round and repeats this one: its stale row must go before anything reads
+    "the last row" (cumulative energy, epsilon), or that round would be counted twice.
+    """
+    rows = [r for r in read_ledger(run_dir) if r["round"] <= last_round]
+    _write_rows(run_dir, rows)
+    return rows
+
+
+def _write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     write_atomic(run_dir / LEDGER_JSONL, text.encode())
     write_atomic(run_dir / LEDGER_CSV, _csv_text(rows).encode())

@@ -13,7 +13,7 @@ from coordinator.checkpoint import (
     open_resumed,
     save_checkpoint,
 )
-from coordinator.ledger import append_round
+from coordinator.ledger import append_round, read_ledger
 from fedvlm.errors import ConfigError
 from strategies import build_strategy
 
@@ -81,10 +81,13 @@ def test_open_resumed_names_the_folder_and_requires_a_checkpoint(tmp_path):
         open_resumed({"resume": str(tmp_path)})
 
     adapter = _adapter(1)
-    append_round(tmp_path, {"round": 1})
+    append_round(tmp_path, {"round": 1, "energy": {"cumulative": 1.0}})
     save_checkpoint(tmp_path, 1, adapter, _stepped_strategy(adapter), RUN_CONFIG)
+    # Killed after round 2's ledger row, before its checkpoint: round 2 will be repeated.
+    append_round(tmp_path, {"round": 2, "energy": {"cumulative": 2.0}})
     folder, checkpoint = open_resumed(
         {**RUN_CONFIG, "resume": tmp_path.name, "run-dir": str(tmp_path.parent)}
     )
     assert folder == tmp_path.resolve()
     assert checkpoint.server_round == 1
+    assert read_ledger(tmp_path) == [{"round": 1, "energy": {"cumulative": 1.0}}]

@@ -13,7 +13,7 @@ coordinator that offers different ones (an error reply and a log line naming the
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from flwr.app import Context, Message, MetricRecord
@@ -30,7 +30,6 @@ from privacy.secagg.flower import (
     payload_to_recorddict,
     recorddict_to_payload,
     save_client,
-    stage_of,
 )
 from privacy.secagg.messages import MASKED, Stage
 from privacy.secagg.settings import SecureAggregationSettings, check_offered, flatten_update
@@ -53,7 +52,7 @@ def uniform_weights(context: Context) -> bool:
 
 
 @contextmanager
-def _refusals_logged(message: Message, context: Context):
+def _refusals_logged(message: Message, context: Context) -> Iterator[None]:
     """Log why this site refuses a stage before Flower turns the error into an error reply."""
     try:
         yield
@@ -82,14 +81,15 @@ def _setup(message: Message, context: Context) -> Message:
 def _protocol_stage(message: Message, context: Context) -> Message:
     """Stages 1, 3 and 4: pure protocol work on the state kept since setup."""
     with _refusals_logged(message, context):
-        stage_of(message.metadata.message_type)
         client = load_client(context.state)
         reply = client.handle(recorddict_to_payload(message.content))
     save_client(context.state, client)
     return Message(payload_to_recorddict(reply), reply_to=message)
 
 
-def masked_input_handler(train_update: TrainUpdate, meter_for: MeterFor):
+def masked_input_handler(
+    train_update: TrainUpdate, meter_for: MeterFor
+) -> Callable[[Message, Context], Message]:
     """Return the stage-2 handler: train as in a plain round, clip, mask, reply.
 
     Parameters

@@ -3,8 +3,9 @@
 Every strategy is a Flower Message-API strategy (sampling, messages and metric
 aggregation are Flower's FedAvg) whose `aggregate_train` validates each reply, combines
 the updates and returns the next global adapter. Build one by name with
-`build_strategy`; the coordinator checks `strategy.linear` (via `require_linear`) before
-combining a strategy with secure aggregation or central DP.
+`build_strategy`, its run-config parameters parsed by `strategies.settings`; the
+coordinator checks `strategy.linear` (via `require_linear`) before combining a strategy
+with secure aggregation or central DP.
 """
 
 from collections.abc import Callable

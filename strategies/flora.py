@@ -43,7 +43,12 @@ class FLoRA(FedAvg):
     Parameters
     ----------
     max_rank : int or None (default: None)
-        Largest rank of the global adapter; None keeps ``sum_i r_i`` (exact).
+        Largest rank of the global adapter; None keeps ``sum_i r_i`` (exact). A run sets
+        it from ``flora-max-rank``, which defaults to the run's ``lora-rank``
+        (`strategies.settings`): the coordinator evaluates and saves the global with a
+        model of that rank, so the stacked product is kept as its best rank-``lora-rank``
+        approximation (exact whenever the sites' ranks add up to at most ``lora-rank``),
+        and every download keeps the same size.
     max_update_norm, clip_update_norm : float or None
         See `AdapterStrategy`.
     **fedavg_kwargs

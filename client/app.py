@@ -36,6 +36,7 @@ from fedvlm.adapter import (
 )
 from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
+from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_peft_model
 from privacy.site_account import SiteRefusalError, refusal_reply
@@ -52,7 +53,8 @@ def _prepare(msg: Message, context: Context):
     node = NodeSettings.from_config(context.node_config)
     site = load_site(node, run.simulation, run.seed)
     lora = site_lora(run.lora, context.node_config)  # a site may train a smaller rank
-    model, processor = load_peft_model(run.base_model, lora)
+    runtime = ModelSettings.from_config(context.node_config, context.run_config)
+    model, processor = load_peft_model(run.base_model, lora, runtime=runtime)
     global_adapter = arrayrecord_to_adapter(msg.content[contract.ARRAYS])
     start = truncate(global_adapter, lora.rank)  # the site's first components of the global
     set_adapter_state(model, start)
@@ -78,6 +80,7 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
     server_round = int(config[contract.SERVER_ROUND])
     partition = int(context.node_config.get("partition-id", 0))
     started = time.perf_counter()
+    reset_peak_memory()
     # Under sample-level DP this trains with DP-SGD, or refuses (SiteRefusalError) a round
     # that would exceed the site's ε budget; under client-level DP the update is clipped.
     # FFA-LoRA: the A factors stay at the global's, only the exchanged tensors are sent.
@@ -106,6 +109,7 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
         contract.TRAIN_SECONDS: time.perf_counter() - started,
         contract.BYTES_DOWN: adapter_nbytes(global_adapter),
         contract.BYTES_UP: adapter_nbytes(update),
+        contract.PEAK_GPU_MB: peak_gpu_mb(),
         **privacy_metrics,
     }
     return update, metrics

@@ -15,6 +15,7 @@ TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 BYTES_DOWN = "bytes-down"  # adapter bytes the node received this round
 BYTES_UP = "bytes-up"  # adapter bytes the node sends back this round
+PEAK_GPU_MB = "peak-gpu-mb"  # peak GPU memory of the round's training (MiB), 0 on CPU
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 

@@ -7,10 +7,12 @@ multimodal projector is domain-specific, so it is trained in full (PEFT ``module
 unless ``train_projector`` is off.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from transformers import PreTrainedModel
 
 from fedvlm.errors import ConfigError
@@ -82,5 +84,43 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, seed: int = 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)
+    _trained_copies_in_float32(peft_model)
     peft_model.eval()
     return peft_model
+
+
+def _trained_copies_in_float32(model: PeftModel) -> None:
+    """Keep the fully trained projector copy in float32 on a bfloat16/float16 base.
+
+    PEFT already keeps LoRA weights in float32; the projector copy would inherit the base's
+    half precision, where AdamW's small updates round away and which a Flower ``ArrayRecord``
+    (numpy) cannot hold. Its inputs are cast up and its output back to the base's dtype, so the
+    rest of the model is untouched. A float32 base (the CPU default) is left exactly as it is.
+    """
+    for wrapper in model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        for copy in wrapper.modules_to_save.values():
+            dtypes = {p.dtype for p in copy.parameters() if p.is_floating_point()}
+            if dtypes <= {torch.float32}:
+                continue
+            (base_dtype,) = dtypes
+            copy.float()
+            copy.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
+            copy.register_forward_hook(functools.partial(_cast_output, dtype=base_dtype))
+
+
+def _as(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def _cast_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return tuple(_as(a, torch.float32) for a in args), {
+        k: _as(v, torch.float32) for k, v in kwargs.items()
+    }
+
+
+def _cast_output(module: torch.nn.Module, args: tuple, output, *, dtype: torch.dtype):
+    return _as(output, dtype)

@@ -244,3 +244,19 @@ def test_smolvlm2_processor_builds():
     family_for_model_type("smolvlm")
     _, idefics = tiny_vlms.build("idefics3")
     SmolVLMProcessor(image_processor=SmolVLMImageProcessorPil(), tokenizer=idefics.tokenizer)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_half_precision_base_keeps_a_float32_adapter(model_type, tmp_path):
+    """As on a bf16 GPU node: the adapter that travels stays float32 (numpy has no bfloat16)."""
+    model, processor = tiny_vlms.build(model_type)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    base, processor = load_base(str(tmp_path), runtime=ModelSettings(dtype="bfloat16"))
+    assert next(base.parameters()).dtype == torch.bfloat16
+    model = apply_lora(base, LoraSettings())
+    stats = train_local(model, processor, EXAMPLES, steps=1, lr=1e-3, batch_size=3, seed=0)
+    assert torch.isfinite(torch.tensor(stats.mean_loss))
+    adapter = get_adapter_state(model)
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    assert list(arrayrecord_to_adapter(adapter_to_arrayrecord(adapter))) == list(adapter)

@@ -124,6 +124,7 @@ class RunSettings:
                 "in [0, 1)",
             ),
             train_projector=read(config, "train-projector", bool, d.lora.train_projector),
+            vision=read(config, "lora-vision", bool, d.lora.vision),
         )
         fraction = read(
             config,

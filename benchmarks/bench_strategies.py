@@ -60,7 +60,7 @@ HETERO = {  # scheme -> (strategy, run lora-rank, per-site ranks or None)
 BASE_CONFIG = {
     "local-steps": 8,
     "batch-size": 8,
-    "learning-rate": 0.003,
+    "learning-rate": 0.01,
     "sim-examples-per-site": 96,
     "sim-val-examples-per-site": 8,
     "heldout-examples": 120,

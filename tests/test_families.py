@@ -28,6 +28,7 @@ from fedvlm.embedded.shapes import make_examples
 from fedvlm.errors import ConfigError, FedVLMError, ModelNotFoundError
 from fedvlm.families import FAMILIES, family_for_config, family_for_model_type
 from fedvlm.lora import LoraSettings, apply_lora
+from fedvlm.presets import adapter_bytes, load_presets, lora_params, model_bytes, model_params
 from fedvlm.runtime import ModelSettings, peak_gpu_mb
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_base, load_peft_model
@@ -260,3 +261,34 @@ def test_half_precision_base_keeps_a_float32_adapter(model_type, tmp_path):
     adapter = get_adapter_state(model)
     assert {t.dtype for t in adapter.values()} == {torch.float32}
     assert list(arrayrecord_to_adapter(adapter_to_arrayrecord(adapter))) == list(adapter)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_preset_size_rules_match_the_adapter_peft_builds(model_type):
+    """The byte counts of benchmarks/bench_adapter_sizes.py, checked on real PEFT adapters."""
+    model, _ = tiny_vlms.build(model_type)
+    text = model.config.text_config
+    dims = {
+        key: getattr(text, key)
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+        )
+    }
+    dims["head_dim"] = getattr(text, "head_dim", None)
+    adapter = get_adapter_state(apply_lora(model, LoraSettings(rank=4, train_projector=False)))
+    assert sum(t.numel() for t in adapter.values()) == lora_params(dims, rank=4)
+
+
+def test_presets_meet_the_hundredfold_goal_and_match_their_model_cards():
+    presets = load_presets()
+    assert {p.model_type for p in presets} <= set(FAMILIES)
+    assert {"idefics3", "qwen2_vl", "paligemma", "llava"} <= {p.model_type for p in presets}
+    for preset in presets:
+        assert model_params(preset) == pytest.approx(preset.params_card, rel=0.03), preset.name
+        rec = preset.recommended
+        sent = adapter_bytes(preset, rec["rank"], rec["train_projector"])
+        assert model_bytes(preset) >= 100 * sent, preset.name

@@ -11,6 +11,8 @@ rebuild seeds + remove masks on the coordinator. Flower's masked vectors are int
                                                      #   aggregation in a simulated federation
     python benchmarks/bench_secagg.py --clients --simulation   # that row only (~3 min)
 
+(from the repository root with PYTHONPATH=. so that the project's packages import).
+
 "round s" is a whole simulated round, every client's work included, in one process;
 "max |err|" is the largest error of the unmasked sum against the exact sum of the clipped
 updates (at most survivors x step, since each client's rounding error is below one step).
@@ -157,13 +159,13 @@ def simulated_round(secure: bool, sites: int, rounds: int, steps: int) -> dict[s
 
 def print_simulation(sites: int, rounds: int, steps: int) -> None:
     """Print round time with and without secure aggregation, and their ratio."""
+    results = {secure: simulated_round(secure, sites, rounds, steps) for secure in (False, True)}
     print()
     print(
         f"Simulated federation: {sites} sites, {rounds} rounds x {steps} local steps, embedded "
         "model (median round)"
     )
     print(f"{'aggregation':<12} {'round s':>8} {'up B/site':>10} {'final acc':>9}")
-    results = {secure: simulated_round(secure, sites, rounds, steps) for secure in (False, True)}
     for secure, r in results.items():
         name = "SecAgg+" if secure else "plain"
         print(f"{name:<12} {r['round_s']:>8.2f} {r['bytes_up']:>10,.0f} {r['accuracy']:>9.3f}")

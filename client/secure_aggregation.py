@@ -15,6 +15,7 @@ coordinator that offers different ones (an error reply and a log line naming the
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
@@ -38,7 +39,7 @@ from privacy.site_account import SiteRefusalError, refusal_reply
 
 log = logging.getLogger(__name__)
 
-TrainUpdate = Callable[[Message, Context], tuple[Adapter, dict[str, float | int]]]
+TrainUpdate = Callable[[Message, Context], tuple[Adapter, dict[str, Any]]]
 MeterFor = Callable[[Context], EnergyMeter]
 
 

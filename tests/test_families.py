@@ -292,3 +292,17 @@ def test_presets_meet_the_hundredfold_goal_and_match_their_model_cards():
         rec = preset.recommended
         sent = adapter_bytes(preset, rec["rank"], rec["train_projector"])
         assert model_bytes(preset) >= 100 * sent, preset.name
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_projector_batch_is_examples_exactly_where_the_family_says(model_type):
+    """DP-SGD's per-example gradients of a trained projector need this (privacy refuses
+    train-projector where it is false)."""
+    model, processor = tiny_vlms.build(model_type)
+    family = FAMILIES[model_type]
+    projector = next(m for n, m in model.named_modules() if n.endswith(f".{family.projector}"))
+    seen = []
+    projector.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        score(model, encode(processor, EXAMPLES[:3]))
+    assert (seen == [3]) == family.projector_sees_examples, seen

@@ -57,6 +57,10 @@ class Family:
         Regex alternation of the vision encoder's linear layers, for optional vision LoRA.
     projector : str
         Module that maps image features into the LM, trained in full (``modules_to_save``).
+    projector_sees_examples : bool
+        The projector's batch dimension is the examples' (one image per example). False when
+        it sees image crops (Idefics3 splitting) or flattened patches (Qwen2-VL): per-example
+        gradients of a trained projector, as DP-SGD needs, are then undefined there.
     end_of_answer : str | None
         Token that closes an assistant turn in the chat template (generation stops on it);
         ``None`` means the tokenizer's eos.
@@ -75,6 +79,7 @@ class Family:
     vision_tower: str = "vision_tower"
     vision_linears: str = SIGLIP_CLIP_LINEARS
     projector: str = "multi_modal_projector"
+    projector_sees_examples: bool = True
     end_of_answer: str | None = None
     processor_classes: tuple[str, ...] = ()
     nested_images: bool = False

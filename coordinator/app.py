@@ -68,6 +68,10 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(
         run.strategy,
         fraction_train=run.fraction_train,
+        # Many simulated sites: evaluating every one each round would outweigh training.
+        fraction_evaluate=read(
+            context.run_config, "fraction-evaluate", float, 1.0, lambda v: 0 <= v <= 1, "[0, 1]"
+        ),
         min_train_nodes=run.min_train_nodes,
         min_evaluate_nodes=run.min_train_nodes,
         min_available_nodes=run.min_available_nodes,

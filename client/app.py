@@ -37,7 +37,14 @@ from fedvlm.adapter import (
 from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
-from fedvlm.training import evaluate
+from fedvlm.site_metrics import (
+    PERSONALISED_ACCURACY,
+    PERSONALISED_LOSS,
+    PERSONALISED_STEPS,
+    EvalSettings,
+    personalised,
+    site_metrics,
+)
 from fedvlm.vlm import load_peft_model
 from privacy.site_account import SiteRefusalError, refusal_reply
 
@@ -135,16 +142,30 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the global adapter on this site's own validation split (scalars only)."""
+    """Evaluate the global adapter on this site's own validation split (scalars only).
+
+    Per question type and per subgroup (small subgroups suppressed, fedvlm/site_metrics.py);
+    with `eval-personalise-steps` also after that many local steps, whose adapter stays here.
+    """
+    settings = EvalSettings.from_config(context.run_config)
     with _meter(context).measure() as energy:
-        _, site, model, processor, _, _ = _prepare(msg, context)
-        stats = evaluate(model, processor, site.val)
-    metrics = {
-        contract.NUM_EXAMPLES: stats.examples,
-        contract.EVAL_LOSS: stats.loss,
-        contract.EVAL_ACCURACY: stats.accuracy,
-        **reading_to_metrics(energy.reading),
-    }
+        run, site, model, processor, _, _ = _prepare(msg, context)
+        metrics = site_metrics(model, processor, site.val, min_subgroup=settings.min_subgroup)
+        if settings.personalise_steps:
+            tuned = personalised(
+                model,
+                processor,
+                site.train,
+                site.val,
+                steps=settings.personalise_steps,
+                lr=run.learning_rate,
+                batch_size=run.batch_size,
+                seed=run.seed + int(context.node_config.get("partition-id", 0)),
+            )
+            metrics[PERSONALISED_ACCURACY] = tuned.accuracy
+            metrics[PERSONALISED_LOSS] = tuned.loss
+            metrics[PERSONALISED_STEPS] = settings.personalise_steps
+    metrics.update(reading_to_metrics(energy.reading))
     return Message(content=RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator import console
+from coordinator import console, site_evaluation
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
@@ -161,7 +161,9 @@ def main(grid: Grid, context: Context) -> None:
                 timeout=run.round_timeout,
             )
         )
-        fed_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
+        # Each site's figures, weighted mean, worst site, fairness gap (Flower's own
+        # aggregate_evaluate refuses replies whose per-type/per-group keys differ by site).
+        site_eval = site_evaluation.round_block(eval_replies)
 
         # 3. Central evaluation on the coordinator's own held-out set.
         with meter.measure() as central_eval:
@@ -188,12 +190,11 @@ def main(grid: Grid, context: Context) -> None:
             "train_loss": None
             if trained.metrics is None
             else trained.metrics.get(contract.TRAIN_LOSS),
-            "fed_eval_accuracy": None
-            if fed_metrics is None
-            else fed_metrics.get(contract.EVAL_ACCURACY),
+            "fed_eval_accuracy": site_eval.get("weighted_accuracy"),
             "heldout_accuracy": central.accuracy,
             "heldout_loss": central.loss,
             "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
+            "site_eval": site_eval,
             "bytes_down": trained.bytes_down,
             "bytes_up": sum(trained.bytes_up.values()),
             "energy": energy_so_far,

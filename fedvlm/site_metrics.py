@@ -1,0 +1,192 @@
+"""What a site reports about its own validation split, and how the coordinator reads it back.
+
+Both sides of the federated evaluation use this module, so the MetricRecord keys are defined
+once (like ``fedvlm.contract``). A site sends scalars only: its loss and accuracy, per question
+type the count and accuracy, and per subgroup (a value of an optional attribute field of its
+``metadata.jsonl``, e.g. ``scanner=B``) the count and, only when the group is large enough,
+the accuracy. A group below ``eval-min-subgroup`` examples is *suppressed*: its count travels,
+its accuracy never does.
+
+Suppression alone is not enough: with the site's overall accuracy and every other group's
+accuracy known, a single suppressed group's accuracy is a subtraction away. So the smallest
+reported groups of the same field are suppressed too, until the suppressed groups together
+hold at least the minimum (complementary suppression, as statistical offices do).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedModel, ProcessorMixin
+
+from fedvlm import contract
+from fedvlm.adapter import get_adapter_state, set_adapter_state
+from fedvlm.config import read
+from fedvlm.data.example import VQAExample
+from fedvlm.training import EvalStats, evaluate, train_local
+
+# Run-config keys read by the sites (declared in pyproject's [tool.flwr.app.config]).
+MIN_SUBGROUP_KEY = "eval-min-subgroup"
+PERSONALISE_STEPS_KEY = "eval-personalise-steps"
+DEFAULT_MIN_SUBGROUP = 10
+
+# MetricRecord keys. Per-type and per-group keys carry their name after a slash.
+TYPE_ACC = "eval-acc/type/"
+TYPE_N = "eval-n/type/"
+GROUP_ACC = "eval-acc/group/"  # + "<field>=<value>", present only when not suppressed
+GROUP_N = "eval-n/group/"
+PERSONALISED_ACCURACY = "eval-personalised-accuracy"
+PERSONALISED_LOSS = "eval-personalised-loss"
+PERSONALISED_STEPS = "eval-personalised-steps"
+
+UNTYPED = "untyped"  # name of the question type of examples that have none
+MISSING = "(missing)"  # value of a field an example does not carry
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The site-side evaluation options of the run config, validated once."""
+
+    min_subgroup: int = DEFAULT_MIN_SUBGROUP
+    personalise_steps: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> EvalSettings:
+        """Read ``eval-min-subgroup`` (>= 1) and ``eval-personalise-steps`` (>= 0)."""
+        return cls(
+            min_subgroup=read(
+                config, MIN_SUBGROUP_KEY, int, DEFAULT_MIN_SUBGROUP, lambda v: v >= 1, ">= 1"
+            ),
+            personalise_steps=read(config, PERSONALISE_STEPS_KEY, int, 0, lambda v: v >= 0, ">= 0"),
+        )
+
+
+def subgroups(examples: Sequence[VQAExample]) -> dict[str, dict[str, list[VQAExample]]]:
+    """Examples by attribute field, then by value; an absent field counts as ``MISSING``.
+
+    Every field's groups partition the whole split, which is what makes complementary
+    suppression (see the module docstring) sound.
+    """
+    fields = sorted({name for ex in examples for name in ex.attributes})
+    groups: dict[str, dict[str, list[VQAExample]]] = {}
+    for name in fields:
+        by_value: dict[str, list[VQAExample]] = defaultdict(list)
+        for ex in examples:
+            by_value[str(ex.attributes.get(name, MISSING))].append(ex)
+        groups[name] = dict(sorted(by_value.items()))
+    return groups
+
+
+def suppressed_values(counts: Mapping[str, int], minimum: int) -> set[str]:
+    """The values of one field whose accuracy must not be reported.
+
+    Groups under ``minimum`` first; then, while the suppressed groups hold fewer than
+    ``minimum`` examples together, the smallest remaining group as well, so no suppressed
+    accuracy can be recovered from the site's overall accuracy and the reported ones.
+    """
+    hidden = {value for value, n in counts.items() if n < minimum}
+    visible = sorted((n, value) for value, n in counts.items() if value not in hidden)
+    while hidden and visible and sum(counts[v] for v in hidden) < minimum:
+        hidden.add(visible.pop(0)[1])
+    return hidden
+
+
+def site_metrics(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    examples: Sequence[VQAExample],
+    *,
+    min_subgroup: int = DEFAULT_MIN_SUBGROUP,
+    stats: EvalStats | None = None,
+) -> dict[str, float | int]:
+    """The scalars a site sends about ``examples`` (its validation split).
+
+    ``stats`` is the overall ``evaluate`` result when the caller already has it. Subgroup
+    accuracies come from evaluating each reported group on its own; suppressed groups are
+    never evaluated, so their accuracy does not even exist on the site's side of the reply.
+    """
+    stats = stats or evaluate(model, processor, examples)
+    metrics: dict[str, float | int] = {
+        contract.NUM_EXAMPLES: stats.examples,
+        contract.EVAL_LOSS: stats.loss,
+        contract.EVAL_ACCURACY: stats.accuracy,
+    }
+    for name, (count, accuracy) in stats.by_type.items():
+        metrics[TYPE_N + (name or UNTYPED)] = count
+        metrics[TYPE_ACC + (name or UNTYPED)] = accuracy
+    for name, by_value in subgroups(examples).items():
+        hidden = suppressed_values({v: len(g) for v, g in by_value.items()}, min_subgroup)
+        for value, group in by_value.items():
+            metrics[f"{GROUP_N}{name}={value}"] = len(group)
+            if value not in hidden:
+                metrics[f"{GROUP_ACC}{name}={value}"] = evaluate(model, processor, group).accuracy
+    return metrics
+
+
+def personalised(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    train: Sequence[VQAExample],
+    val: Sequence[VQAExample],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> EvalStats:
+    """Validation loss and accuracy after ``steps`` local steps from the current adapter.
+
+    The fine-tuned adapter exists only inside this call: the model's adapter is restored
+    before returning, so nothing of the local fine-tuning can reach a reply.
+    """
+    before = get_adapter_state(model)
+    try:
+        train_local(model, processor, train, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        return evaluate(model, processor, val)
+    finally:
+        set_adapter_state(model, before)
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    """One site's evaluation reply, read back on the coordinator's side."""
+
+    examples: int
+    loss: float
+    accuracy: float
+    by_type: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # field -> value -> (count, accuracy or None when suppressed)
+    subgroups: dict[str, dict[str, tuple[int, float | None]]] = field(default_factory=dict)
+    personalised_accuracy: float | None = None
+    personalised_loss: float | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, float | int]) -> SiteEvaluation:
+        """Parse a site's MetricRecord; keys this version does not know are ignored."""
+        by_type = {
+            key[len(TYPE_N) :]: (int(n), float(metrics[TYPE_ACC + key[len(TYPE_N) :]]))
+            for key, n in metrics.items()
+            if key.startswith(TYPE_N) and TYPE_ACC + key[len(TYPE_N) :] in metrics
+        }
+        groups: dict[str, dict[str, tuple[int, float | None]]] = defaultdict(dict)
+        for key, n in metrics.items():
+            if key.startswith(GROUP_N):
+                name, _, value = key[len(GROUP_N) :].partition("=")
+                accuracy = metrics.get(GROUP_ACC + key[len(GROUP_N) :])
+                groups[name][value] = (int(n), None if accuracy is None else float(accuracy))
+        optional = {k: metrics.get(k) for k in (PERSONALISED_ACCURACY, PERSONALISED_LOSS)}
+        return cls(
+            examples=int(metrics[contract.NUM_EXAMPLES]),
+            loss=float(metrics[contract.EVAL_LOSS]),
+            accuracy=float(metrics[contract.EVAL_ACCURACY]),
+            by_type=dict(sorted(by_type.items())),
+            subgroups={k: dict(sorted(v.items())) for k, v in sorted(groups.items())},
+            personalised_accuracy=None
+            if optional[PERSONALISED_ACCURACY] is None
+            else float(optional[PERSONALISED_ACCURACY]),
+            personalised_loss=None
+            if optional[PERSONALISED_LOSS] is None
+            else float(optional[PERSONALISED_LOSS]),
+        )

@@ -1,0 +1,240 @@
+"""Federated evaluation per site: the real ClientApp's evaluate replies, read by the coordinator.
+
+Each site's figures must equal a direct evaluation of the same adapter on that site's split;
+the coordinator's weighted mean, worst site and fairness gap must follow from them; a small
+subgroup's accuracy never leaves the site, not even by subtraction from the others.
+"""
+
+import math
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.supercore.task_identity import TaskIdentity
+from PIL import Image
+
+from client import app as client_app
+from client.site_data import load_site
+from coordinator.site_evaluation import round_block
+from fedvlm import contract
+from fedvlm.adapter import Adapter, adapter_to_arrayrecord, get_adapter_state, set_adapter_state
+from fedvlm.config import NodeSettings, RunSettings
+from fedvlm.data.example import VQAExample
+from fedvlm.errors import ConfigError
+from fedvlm.lora_factors import factor_of
+from fedvlm.site_metrics import (
+    GROUP_ACC,
+    GROUP_N,
+    PERSONALISED_ACCURACY,
+    TYPE_ACC,
+    TYPE_N,
+    EvalSettings,
+    SiteEvaluation,
+    site_metrics,
+    suppressed_values,
+)
+from fedvlm.training import evaluate, train_local
+from fedvlm.vlm import load_peft_model
+
+RUN_CONFIG = {
+    "batch-size": 4,
+    "learning-rate": 0.01,
+    "sim-examples-per-site": 12,
+    "sim-val-examples-per-site": 24,
+    "energy-tracking": False,
+    "eval-min-subgroup": 6,
+}
+RUN = RunSettings.from_config(RUN_CONFIG)
+NODES = {11: 0, 22: 1, 33: 2}  # node id -> partition
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """The process identity Flower's ServerApp runtime sets (messages are built here)."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+@pytest.fixture(scope="module")
+def global_adapter() -> Adapter:
+    """An adapter with B moved off zero, so sites score differently from the base."""
+    model, _ = load_peft_model(RUN.base_model, RUN.lora)
+    generator = torch.Generator().manual_seed(3)
+    return {
+        k: t + 0.05 * torch.randn(t.shape, generator=generator) if factor_of(k) == "B" else t
+        for k, t in get_adapter_state(model).items()
+    }
+
+
+def _context(node: int, run_config=None) -> Context:
+    return Context(
+        run_id=1,
+        node_id=node,
+        node_config={"partition-id": NODES[node], "num-partitions": len(NODES)},
+        state=RecordDict(),
+        run_config=dict(run_config or RUN_CONFIG),
+    )
+
+
+def _evaluate(adapter: Adapter, node: int, run_config=None) -> Message:
+    content = RecordDict({contract.ARRAYS: adapter_to_arrayrecord(adapter)})
+    content[contract.CONFIG] = ConfigRecord({contract.SERVER_ROUND: 1})
+    message = Message(content, dst_node_id=node, message_type="evaluate")
+    reply = client_app.app(
+        message_from_proto(message_to_proto(message)), _context(node, run_config)
+    )
+    return message_from_proto(message_to_proto(reply))
+
+
+def _site(node: int):
+    return load_site(
+        NodeSettings(partition_id=NODES[node], num_partitions=len(NODES)), RUN.simulation, 0
+    )
+
+
+def test_site_figures_match_a_direct_evaluation_and_the_coordinator_aggregates_them(
+    global_adapter,
+):
+    replies = [_evaluate(global_adapter, node) for node in NODES]
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    set_adapter_state(model, global_adapter)
+    direct = {}
+    for node, reply in zip(NODES, replies, strict=True):
+        assert not reply.has_error(), reply.error
+        assert list(reply.content) == [contract.METRICS]  # scalars only, no arrays
+        sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
+        val = _site(node).val
+        expected = evaluate(model, processor, val)
+        direct[str(node)] = expected
+        assert sent.examples == len(val) == expected.examples
+        assert sent.accuracy == pytest.approx(expected.accuracy)
+        assert sent.loss == pytest.approx(expected.loss, rel=1e-5)
+        assert {t: n for t, (n, _) in sent.by_type.items()} == {
+            t: n for t, (n, _) in expected.by_type.items()
+        }
+        for t, (_, acc) in expected.by_type.items():
+            assert sent.by_type[t][1] == pytest.approx(acc)
+        # Every lesion-count group is counted; each reported accuracy is the group's own.
+        groups = sent.subgroups["lesion_count"]
+        assert sum(n for n, _ in groups.values()) == len(val)
+        for value, (n, acc) in groups.items():
+            members = [ex for ex in val if ex.attributes["lesion_count"] == value]
+            assert n == len(members)
+            if acc is not None:
+                assert n >= RUN_CONFIG["eval-min-subgroup"]
+                assert acc == pytest.approx(evaluate(model, processor, members).accuracy)
+
+    block = round_block(replies)
+    shown = [
+        a
+        for s in block["sites"].values()
+        for g in s["subgroups"]["lesion_count"].values()
+        for a in [g["accuracy"]]
+    ]
+    assert any(a is None for a in shown) and any(a is not None for a in shown)  # both paths
+    accuracies = {node: stats.accuracy for node, stats in direct.items()}
+    total = sum(s.examples for s in direct.values())
+    assert block["weighted_accuracy"] == pytest.approx(
+        sum(s.examples * s.accuracy for s in direct.values()) / total
+    )
+    assert block["weighted_loss"] == pytest.approx(
+        sum(s.examples * s.loss for s in direct.values()) / total, rel=1e-5
+    )
+    worst = min(accuracies, key=accuracies.get)
+    assert block["worst_site"] == {"node": worst, "accuracy": pytest.approx(accuracies[worst])}
+    assert block["fairness_gap"] == pytest.approx(
+        max(accuracies.values()) - min(accuracies.values())
+    )
+    assert set(block["sites"]) == set(accuracies) and block["failed"] == []
+    pooled = block["by_type"]
+    for t, entry in pooled.items():
+        pairs = [s.by_type[t] for s in direct.values() if t in s.by_type]
+        assert entry["n"] == sum(n for n, _ in pairs)
+        assert entry["accuracy"] == pytest.approx(sum(n * a for n, a in pairs) / entry["n"])
+
+
+def test_worst_site_and_gap_from_known_replies_and_an_error_reply_is_listed_as_failed():
+    def reply(node: int, n: int, acc: float) -> Message:
+        metrics = {contract.NUM_EXAMPLES: n, contract.EVAL_LOSS: 1.0, contract.EVAL_ACCURACY: acc}
+        message = Message(RecordDict(), dst_node_id=node, message_type="evaluate")
+        return Message(RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=message)
+
+    failed = Message(
+        Error(code=0, reason="boom"),
+        reply_to=Message(RecordDict(), dst_node_id=4, message_type="evaluate"),
+    )
+    block = round_block([reply(1, 10, 0.9), reply(2, 30, 0.5), reply(3, 60, 0.7), failed])
+    assert block["weighted_accuracy"] == pytest.approx((9 + 15 + 42) / 100)
+    assert block["worst_site"] == {"node": "2", "accuracy": 0.5}
+    assert block["best_site"] == {"node": "1", "accuracy": 0.9}
+    assert block["fairness_gap"] == pytest.approx(0.4)
+    assert block["failed"] == ["4"]
+
+
+def test_a_small_subgroup_is_suppressed_and_cannot_be_recovered_by_subtraction():
+    # One small group alone would be recoverable from the overall accuracy: the next
+    # smallest group is suppressed with it.
+    assert suppressed_values({"A": 12, "B": 3, "C": 11}, 10) == {"B", "C"}
+    assert suppressed_values({"A": 12, "B": 11}, 10) == set()
+    assert suppressed_values({"A": 12, "B": 4, "C": 7}, 10) == {"B", "C"}  # 11 >= 10 together
+    assert suppressed_values({"A": 30, "B": 2}, 10) == {"A", "B"}  # nothing can be shown
+
+    image = Image.new("RGB", (64, 64))
+    base = load_site(NodeSettings(partition_id=0, num_partitions=3), RUN.simulation, 0).val
+    examples = [
+        VQAExample(ex.image, ex.question, ex.answer, ex.question_type, {"scanner": s})
+        for ex, s in zip(base, ["A"] * 12 + ["C"] * 11 + ["B"], strict=False)
+    ]
+    examples += [VQAExample(image, base[0].question, base[0].answer, base[0].question_type)] * 2
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    metrics = site_metrics(model, processor, examples, min_subgroup=10)
+    assert metrics[f"{GROUP_N}scanner=B"] == 1
+    assert metrics[f"{GROUP_N}scanner=(missing)"] == 2  # examples without the field
+    assert f"{GROUP_ACC}scanner=B" not in metrics
+    assert f"{GROUP_ACC}scanner=(missing)" not in metrics
+    assert f"{GROUP_ACC}scanner=C" not in metrics  # complementary suppression
+    assert metrics[f"{GROUP_ACC}scanner=A"] == pytest.approx(
+        evaluate(model, processor, examples[:12]).accuracy
+    )
+    parsed = SiteEvaluation.from_metrics(metrics)
+    assert parsed.subgroups["scanner"]["B"] == (1, None)
+    assert all(
+        key.startswith((TYPE_N, TYPE_ACC, GROUP_N, GROUP_ACC, "eval-", "num-")) for key in metrics
+    )
+
+
+def test_personalised_accuracy_is_computed_on_site_and_the_tuned_adapter_stays_there(
+    global_adapter,
+):
+    config = {**RUN_CONFIG, "eval-personalise-steps": 3}
+    reply = _evaluate(global_adapter, 22, config)
+    sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
+    assert list(reply.content) == [contract.METRICS]
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    set_adapter_state(model, global_adapter)
+    site = _site(22)
+    train_local(
+        model,
+        processor,
+        site.train,
+        steps=3,
+        lr=RUN.learning_rate,
+        batch_size=RUN.batch_size,
+        seed=RUN.seed + NODES[22],
+    )
+    expected = evaluate(model, processor, site.val)
+    assert sent.personalised_accuracy == pytest.approx(expected.accuracy)
+    assert sent.personalised_loss == pytest.approx(expected.loss, rel=1e-5)
+    assert not math.isclose(sent.personalised_loss, sent.loss)  # local steps did something
+    assert reply.content[contract.METRICS][PERSONALISED_ACCURACY] == sent.personalised_accuracy
+
+
+def test_evaluation_settings_are_validated_naming_the_key():
+    assert EvalSettings.from_config({}) == EvalSettings(min_subgroup=10, personalise_steps=0)
+    with pytest.raises(ConfigError, match="eval-min-subgroup"):
+        EvalSettings.from_config({"eval-min-subgroup": 0})
+    with pytest.raises(ConfigError, match="eval-personalise-steps"):
+        EvalSettings.from_config({"eval-personalise-steps": -1})

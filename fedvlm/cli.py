@@ -8,28 +8,18 @@ pulls in no other package of the project (DESIGN.md's import rule holds for libr
 import argparse
 import importlib
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedvlm.deploy_cli import add_deploy_commands
+from fedvlm.deploy_cli import add_deploy_commands, parse_pairs
 from fedvlm.errors import FedVLMError
-
-
-def _parse_overrides(pairs: Sequence[str]) -> dict:
-    """`key=value` pairs with TOML values, as Flower's `--run-config` takes them."""
-    text = "\n".join(pairs)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FedVLMError(f"--run-config: cannot parse {text!r} as key=value pairs: {exc}") from exc
 
 
 def _simulate(args: argparse.Namespace) -> int:
     scenario_mod = importlib.import_module("simulations.scenario")
     runner = importlib.import_module("simulations.runner")
     scenario = scenario_mod.Scenario.load(args.scenario)
-    overrides = _parse_overrides(args.run_config)
+    overrides = parse_pairs(args.run_config, "--run-config")
     run_dir = runner.run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
     print(f"fedvlm: run folder {run_dir}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from fedvlm.errors import FedVLMError
 
 
-def _pairs(pairs: Sequence[str], flag: str) -> dict:
+def parse_pairs(pairs: Sequence[str], flag: str) -> dict:
     """`key=value` pairs with TOML values (as Flower's --run-config / --node-config)."""
     text = "\n".join(pairs)
     try:
@@ -49,7 +49,7 @@ def _credentials(args: argparse.Namespace) -> int:
 
 def _coordinator(args: argparse.Namespace) -> int:
     launch = importlib.import_module("coordinator.launch")
-    run_config = _pairs(args.run_config, "--run-config")
+    run_config = parse_pairs(args.run_config, "--run-config")
     if args.resume:
         run_config["resume"] = args.resume
     keys = [Path(k).expanduser().resolve() for k in args.site_key]
@@ -74,7 +74,7 @@ def _coordinator(args: argparse.Namespace) -> int:
 
 def _node(args: argparse.Namespace) -> int:
     launch = importlib.import_module("client.launch")
-    settings = _pairs(args.node_config, "--node-config")
+    settings = parse_pairs(args.node_config, "--node-config")
     settings.setdefault("torch-threads", args.torch_threads)
     options = launch.NodeOptions(
         superlink=args.superlink,

@@ -13,8 +13,9 @@ Two tables:
    in this process by a Grid that passes messages through Flower's serialisation and keeps
    each node's `context.state` (no Ray, no SuperLink: same code path, minutes less).
 
-Usage: ``python benchmarks/bench_dp.py [--rounds 4] [--sites 4] [--skip-accuracy]``
-(default run: about 5-10 minutes on 2 CPU cores).
+Usage: ``python benchmarks/bench_dp.py [--rounds 4] [--sites 4] [--skip-accuracy]
+[--set batch-size=32 dp-max-grad-norm=0.3 ...]`` (default run: about 5-6 minutes on 2 CPU
+cores). ``--set`` applies run-config keys to every accuracy run alike.
 """
 
 import argparse
@@ -22,6 +23,7 @@ import logging
 import statistics
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -186,14 +188,19 @@ class InProcessGrid:
         return replies
 
 
-def accuracy_table(rounds: int, sites: int, epsilons: list[float]) -> None:
-    """Table 2: held-out accuracy after the same rounds, without DP and at each ε."""
+def accuracy_table(
+    rounds: int, sites: int, epsilons: list[float], overrides: dict[str, object]
+) -> None:
+    """Table 2: held-out accuracy after the same rounds, without DP and at each ε.
+
+    ``overrides`` are run-config keys applied to every run alike (batch size, clip, ...).
+    """
     TaskIdentity._task_id, TaskIdentity._run_id = 1, 1  # what Flower's ServerApp runtime sets
     TaskIdentity._node_id = SUPERLINK_NODE_ID
     rows = []
     # Coordinator and sites share this process's cached model: every run starts from the
     # same initial adapter, not from where the previous run left it.
-    run = RunSettings()
+    run = RunSettings.from_config(overrides)
     model, _ = load_peft_model(run.base_model, run.lora)
     initial = get_adapter_state(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,6 +214,7 @@ def accuracy_table(rounds: int, sites: int, epsilons: list[float]) -> None:
                 "energy-tracking": False,
                 "run-dir": tmp,
                 "run-name": name,
+                **overrides,
             }
             if epsilon is not None:
                 config |= {"dp-mode": "sample", "dp-target-epsilon": epsilon}
@@ -255,12 +263,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config overrides for every accuracy run, TOML values (batch-size=32)",
+    )
     args = parser.parse_args()
+    overrides = tomllib.loads(
+        "\n".join(f"{item.split('=', 1)[0]} = {item.split('=', 1)[1]}" for item in args.set)
+    )
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     step_time_table(RunSettings(), args.batch_size, args.repeats, args.steps)
     if not args.skip_accuracy:
-        accuracy_table(args.rounds, args.sites, args.epsilons)
+        accuracy_table(args.rounds, args.sites, args.epsilons, overrides)
 
 
 if __name__ == "__main__":

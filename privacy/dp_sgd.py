@@ -133,7 +133,7 @@ def train_local_dp(
                 if len(index) == 0:
                     empty += 1
                     for p in params:
-                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                        p.grad_sample = p.new_zeros((0, *p.shape))
                 else:
                     answer_loss, _ = score(model, take(data, index))
                     loss = answer_loss.mean()

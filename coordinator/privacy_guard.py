@@ -81,7 +81,11 @@ class PrivacyGuard:
         return ConfigRecord({**base, **self.sample.known_config()})
 
     def before_round(self, grid: Grid) -> None:
-        """Client level: check that this round's release fits the budget, before training.
+        """Check, before any site trains, that this round can fit the budget.
+
+        Sample level: when the recorded accounts show that no connected site can train
+        another round, the run ends here (the sites would refuse anyway). Client level:
+        the release of this round must fit ``dp-client-target-epsilon``.
 
         q is the fraction of connected sites that Flower's sampling will pick
         (``max(int(N * fraction-train), min-train-nodes) / N``).
@@ -89,12 +93,21 @@ class PrivacyGuard:
         Raises
         ------
         BudgetExhaustedError
-            When the release would pass ``dp-client-target-epsilon``.
+            When no site can train (sample level) or the release would pass
+            ``dp-client-target-epsilon`` (client level).
         """
         self.refusals = []
+        nodes = list(grid.get_node_ids())
+        if self.sample is not None:
+            self.refusals = self.sample.predicted_refusals(nodes, self.run.local_steps)
+            if self.refusals:
+                raise BudgetExhaustedError(
+                    "no site can train within its privacy budget: "
+                    + "; ".join(r.reason for r in self.refusals)
+                )
         if self.client is None:
             return
-        total = len(list(grid.get_node_ids()))
+        total = len(nodes)
         sampled = min(max(int(total * self.run.fraction_train), self.run.min_train_nodes), total)
         self.sample_rate = self.client.prepare_round(sampled, total)
 

@@ -67,6 +67,35 @@ class SampleLevelLedger:
                 flat[keys.KNOWN_STEPS].append(steps)
         return flat
 
+    def predicted_refusals(self, node_ids: Iterable[int], local_steps: int) -> list[Refusal]:
+        """The refusals every node would send, if the records show that none of them can
+        train another round within budget; [] as soon as one could, or one is unknown.
+
+        Lets the coordinator end the run without a round trip, and under secure aggregation
+        (where a refusal is only an error reply) with the reasons in the ledger. The sites
+        still check for themselves: this is a prediction, never a permission.
+        """
+        by_node = {r.node_id: (site, r) for site, r in self.sites.items()}
+        refusals = []
+        for node in node_ids:
+            if node not in by_node or not by_node[node][1].history.releases:
+                return []
+            site, report = by_node[node]
+            noise, rate, _ = report.history.releases[-1]
+            after = report.history.epsilon(self.settings.delta, [(noise, rate, local_steps)])
+            if after <= self.settings.target_epsilon:
+                return []
+            refusals.append(
+                Refusal(
+                    node,
+                    site,
+                    f"site {site}: another round of {local_steps} steps would bring ε to "
+                    f"{after:.3f} > budget {self.settings.target_epsilon:g} "
+                    f"(dp-target-epsilon) at δ = {self.settings.delta:g}",
+                )
+            )
+        return refusals
+
     def split(self, replies: Iterable[Message]) -> tuple[list[Message], list[Refusal]]:
         """Record each reply's account; return the trained replies and the refusals.
 

@@ -122,7 +122,7 @@ def test_budget_exhaustion_refuses_the_round_records_why_and_ends_cleanly(tmp_pa
     assert trained["privacy"]["epsilon"] <= budget
     assert set(trained["privacy"]["sites"]) == {"0", "1"}
     assert trained["privacy"]["steps"] == 2 and trained["privacy"]["noise_multiplier"] == 1.0
-    # Round 2: every site refused before training, with its reason; nothing was released.
+    # Round 2: the coordinator's records show no site can train: stopped before sending.
     assert stopped["sites"] == [] and "heldout_accuracy" not in stopped
     assert "no site can train within its privacy budget" in stopped["stopped"]
     assert sorted(r["site"] for r in stopped["privacy"]["refused"]) == [0, 1]
@@ -130,6 +130,20 @@ def test_budget_exhaustion_refuses_the_round_records_why_and_ends_cleanly(tmp_pa
     assert stopped["privacy"]["epsilon"] == trained["privacy"]["epsilon"]  # unchanged
     assert (tmp_path / "dp" / "adapter" / "adapter_config.json").is_file()  # final adapter
     assert "privacy budget exhausted, run ends" in capsys.readouterr().out
+
+    # Resumed by a new federation (new node ids, empty node states): the coordinator cannot
+    # tell which node is which site, so it sends round 2; each site, handed its recorded
+    # account, refuses before training, and the run ends again with the sites' reasons.
+    config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "resume": "dp"}
+    grid = LocalGrid(client_app.app, config, nodes=[77, 88])
+    context = Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    coordinator_app.main(grid, context)
+    again = read_ledger(tmp_path / "dp")
+    assert [row["round"] for row in again] == [0, 1, 2]
+    refused = again[2]["privacy"]["refused"]
+    assert sorted((r["node_id"], r["site"]) for r in refused) == [(77, 0), (88, 1)]
+    assert all("Refusing to train" in r["reason"] for r in refused)
+    assert again[2]["privacy"]["epsilon"] == trained["privacy"]["epsilon"]
 
 
 def test_a_resumed_run_continues_epsilon_instead_of_restarting_at_zero(tmp_path):

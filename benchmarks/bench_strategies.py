@@ -49,6 +49,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from client import app as client_app  # noqa: E402
 from coordinator import app as coordinator_app  # noqa: E402
 from coordinator.ledger import read_ledger  # noqa: E402
+from fedvlm.errors import ConfigError  # noqa: E402
 from fedvlm.vlm import load_peft_model  # noqa: E402
 
 STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "trimmed-mean", "median"]
@@ -214,7 +215,11 @@ def main() -> None:
         for name in args.only:
             for dp_label, dp in [("none", {})] + ([] if args.no_dp else [("ε = 8", DP)]):
                 config = {**base, "strategy": name, **dp}
-                result = federate(f"{name}-{'dp' if dp else 'plain'}", config, sites, run_dir)
+                try:
+                    result = federate(f"{name}-{'dp' if dp else 'plain'}", config, sites, run_dir)
+                except ConfigError as refused:  # the coordinator's start-up checks said no
+                    print(f"| {name:<30} | {dp_label:<6} | refused at start-up: {refused}")
+                    continue
                 print(_line(name, dp_label, result), flush=True)
         if args.no_hetero:
             return

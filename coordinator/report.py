@@ -1,9 +1,11 @@
 """The run report, rebuilt from the run folder's ledger alone.
 
 `python -m coordinator.report RUN_DIR` (or `fedvlm report RUN_DIR`) reads `ledger.jsonl` and
-`run.json`, writes the PNG plots under `plots/`, a `report.json` summary with the plotted
-series, and the model card `adapter/README.md`. Nothing else is consulted, so a report can be
-regenerated anywhere the run folder is copied, and twice gives the same files.
+`run.json` (and `baselines.json` when a simulation left one), writes the PNG plots under
+`plots/`, a `report.json` summary with the plotted series, the model card `adapter/README.md`
+and one self-contained page `report.html` (coordinator/html_report.py). Nothing else is
+consulted, so a report can be regenerated anywhere the run folder is copied, and twice gives
+the same files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator import plots
+from coordinator import plots, site_plots
+from coordinator.html_report import read_baselines, write_html_report
 from coordinator.model_card import write_model_card
 from fedvlm.errors import FedVLMError
 from fedvlm.ledger_schema import load_run, privacy_entries, summarize
@@ -29,8 +32,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"summary": ..., "plots": {name: {"path": str, "series": ...}}, "model_card": str}``
-        with paths relative to the run folder.
+        ``{"summary": ..., "plots": {name: {"path": str, "series": ...}}, "model_card": str,
+        "html": str}`` with paths relative to the run folder.
     """
     run = load_run(Path(run_dir))
     folder = run.path / PLOTS_DIR
@@ -42,15 +45,29 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     ]
     if any(privacy_entries(r) for r in run.rows):
         makers.insert(1, ("epsilon", plots.epsilon_plot))
+    if site_plots.site_rows(run.rows):
+        makers[:0] = [("site_accuracy", site_plots.site_accuracy_plot)]
+        makers.append(("fairness", site_plots.fairness_plot))
+    baselines = read_baselines(run.path)
+    if baselines:
+        makers.append(("baselines", lambda _rows, path: site_plots.baselines_plot(baselines, path)))
     for name, draw in makers:
         path = folder / f"{name}.png"
         drawn[name] = {"path": str(path.relative_to(run.path)), "series": draw(run.rows, path)}
     summary = summarize(run)
     card_path = write_model_card(run, summary)
+    html_path = write_html_report(
+        run,
+        summary,
+        {name: run.path / entry["path"] for name, entry in drawn.items()},
+        card_path.read_text(),
+        baselines,
+    )
     report = {
         "summary": summary,
         "plots": drawn,
         "model_card": str(card_path.relative_to(run.path)),
+        "html": str(html_path.relative_to(run.path)),
     }
     (run.path / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -1,0 +1,333 @@
+"""Every benchmark of the platform in one run, printed as one table of ratios.
+
+Each figure is measured in this run, side by side with its reference (ratios, never
+absolute claims carried over from another machine), and printed with how it was measured.
+Benchmarks that expose functions are imported (bench_overhead, bench_scale, bench_utility,
+bench_secagg, fedvlm.presets); those that only print (bench_dp, bench_energy) run as
+subprocesses and their table lines are parsed. Flower's and Ray's output goes to a log file.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --quick            # <= 15 min, 2 cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --save benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_overhead  # noqa: E402
+import bench_scale  # noqa: E402
+import bench_secagg  # noqa: E402
+import bench_utility  # noqa: E402
+from harness import output_to  # noqa: E402
+
+from fedvlm.presets import adapter_bytes, load_presets, model_bytes  # noqa: E402
+from privacy.secagg import SecAggConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table."""
+
+    number: int
+    name: str
+    value: str
+    how: str
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How long each part runs: --quick or the full default."""
+
+    overhead_rounds: int
+    overhead_blocks: int
+    secagg_rounds: int
+    secagg_order: tuple[bool, ...]  # False: plain, True: secure; run in this order
+    dp_args: tuple[str, ...]
+    energy_args: tuple[str, ...]
+    scale_sites: tuple[int, ...]
+    scale_rounds: int
+    utility_sites: int
+    utility_rounds: int
+
+
+QUICK = Sizes(
+    overhead_rounds=4,
+    overhead_blocks=1,
+    secagg_rounds=3,
+    secagg_order=(False, True),
+    dp_args=("--repeats", "3", "--steps", "4"),
+    energy_args=("--repeats", "5"),
+    scale_sites=(10, 50, 100),
+    scale_rounds=3,
+    utility_sites=4,
+    utility_rounds=6,
+)
+FULL = Sizes(
+    overhead_rounds=8,
+    overhead_blocks=2,
+    secagg_rounds=4,
+    secagg_order=(False, True, True, False),  # ABBA: load drift hits both alike
+    dp_args=("--repeats", "5", "--steps", "6"),
+    energy_args=("--repeats", "9"),
+    scale_sites=(10, 50, 100),
+    scale_rounds=20,
+    utility_sites=4,
+    utility_rounds=10,
+)
+
+
+def script_output(name: str, args: tuple[str, ...]) -> str:
+    """Run benchmarks/<name> as a subprocess (one torch thread); return its stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def overhead_and_bytes(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figures 1 and 2: FL overhead and bytes per site per round."""
+    result = bench_overhead.measure(4, sizes.overhead_rounds, sizes.overhead_blocks, log)
+    sim = result.simulated
+    alone = statistics.median(result.alone)
+    how = (
+        f"4 sites x 16 local steps, every site every round, 1 Ray actor; median of rounds "
+        f"2..{len(sim.rounds)} of a `fedvlm simulate` run (ledger seconds) / median of "
+        f"{len(result.alone)} rounds of the same training + held-out evaluation in one "
+        "process without Flower, run before and after; fed. eval and energy off in both"
+    )
+    presets = load_presets()
+    ratios = {
+        p.name: model_bytes(p)
+        / adapter_bytes(p, p.recommended["rank"], p.recommended["train_projector"])
+        for p in presets
+    }
+    return [
+        Figure(
+            1,
+            "FL overhead: simulated round / same work alone (goal <= 1.05)",
+            f"{result.ratio:.3f}x ({sim.steady_round:.2f} s / {alone:.2f} s)",
+            how,
+        ),
+        Figure(
+            1,
+            "  engine start-up (not in rounds)",
+            f"{sim.startup:.1f} s + round 1 {sim.first_round:.1f} s "
+            f"(vs {sim.steady_round:.2f} s later); teardown {sim.teardown:.1f} s",
+            "to the round-0 ledger row: SuperLink, `flwr run`, Ray start, ServerApp model "
+            "load, initial held-out evaluation; round 1 also starts the Ray actor and loads "
+            "its model",
+        ),
+        Figure(
+            2,
+            "bytes per site per round, embedded tiny model",
+            f"{sim.up_bytes_per_site / 1e3:.1f} kB vs full model "
+            f"{result.full_model_bytes / 1e3:.0f} kB "
+            f"({result.full_model_bytes / sim.up_bytes_per_site:.1f}x less)",
+            "upload of the same run (ledger bytes_up / sites) vs the base model's "
+            "state_dict bytes as stored (float32); rank 8 + trained projector",
+        ),
+        Figure(
+            2,
+            "bytes per site per round, real presets (recommended settings)",
+            ", ".join(f"{name} {ratio:.0f}x" for name, ratio in ratios.items()),
+            "computed from the checkpoints' config dims (fedvlm/presets, "
+            "bench_adapter_sizes.py): bf16 model bytes / float32 adapter upload",
+        ),
+    ]
+
+
+def secure_aggregation(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 3: upload expansion of the protocol and the round-time ratio in simulation."""
+    rng = np.random.default_rng(0)
+    updates = [rng.uniform(-1.2, 1.2, 1_000_000).astype(np.float32) for _ in range(10)]
+    protocol = bench_secagg.ours(updates, SecAggConfig(num_clients=10, clip=1.0))
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    with output_to(log):
+        for secure in sizes.secagg_order:
+            runs[secure].append(bench_secagg.simulated_round(secure, 4, sizes.secagg_rounds, 4))
+
+    def median(secure: bool, key: str) -> float:
+        return statistics.median(r[key] for r in runs[secure])
+
+    order = ", ".join("secure" if s else "plain" for s in sizes.secagg_order)
+    return [
+        Figure(
+            3,
+            "secure aggregation: upload expansion",
+            f"{protocol['upload']:.3f}x (protocol, 10 clients, 1M params); "
+            f"{median(True, 'bytes_up') / median(False, 'bytes_up'):.3f}x (simulated run)",
+            "masked upload bytes / float32 update bytes: bench_secagg.ours (one dropout) and "
+            "the ledger bytes_up of the simulated runs below",
+        ),
+        Figure(
+            3,
+            "secure aggregation: round time secure / plain",
+            f"{median(True, 'round_s') / median(False, 'round_s'):.2f}x "
+            f"({median(True, 'round_s'):.2f} s / {median(False, 'round_s'):.2f} s)",
+            f"bench_secagg.simulated_round: 4 sites x 4 local steps, {sizes.secagg_rounds} "
+            f"rounds per `fedvlm simulate` run, median round; runs in order {order}",
+        ),
+    ]
+
+
+def dp_step(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 4: DP-SGD step time / plain step time (bench_dp, Opacus hooks mode)."""
+    out = script_output("bench_dp.py", ("--skip-accuracy", *sizes.dp_args))
+    with open(log, "a") as sink:
+        sink.write(out)
+    ratio = re.search(r"\|\s*hooks\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)x", out)
+    plain = re.search(r"\|\s*non-DP\s*\|\s*([\d.]+)", out)
+    if ratio is None or plain is None:
+        raise RuntimeError(f"bench_dp.py printed no hooks row:\n{out}")
+    return [
+        Figure(
+            4,
+            "DP-SGD step / plain step (Opacus hooks, the mode fedvlm uses)",
+            f"{float(ratio[2]):.2f}x ({float(ratio[1]):.3f} s / {float(plain[1]):.3f} s)",
+            f"bench_dp.py {' '.join(sizes.dp_args)}: embedded model, batch 8, interleaved "
+            "blocks of DP and non-DP steps, medians",
+        ),
+    ]
+
+
+def energy(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 5: a client round with energy tracking / without (bench_energy)."""
+    out = script_output("bench_energy.py", sizes.energy_args)
+    with open(log, "a") as sink:
+        sink.write(out)
+    ratio = re.search(r"ratio with/without, median of pairs\s+([\d.]+)", out)
+    startup = re.search(r"one-off start-up per process \(s\)\s+([\d.]+)", out)
+    if ratio is None or startup is None:
+        raise RuntimeError(f"bench_energy.py printed no ratio:\n{out}")
+    return [
+        Figure(
+            5,
+            "energy tracking: round with / without",
+            f"{float(ratio[1]):.3f}x (+ {float(startup[1]):.1f} s once per process)",
+            f"bench_energy.py {' '.join(sizes.energy_args)}: train + evaluate of a "
+            "client-sized model, each wrapped in EnergyMeter.measure(), alternating pairs, "
+            "median ratio",
+        ),
+    ]
+
+
+def scale(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 6: sites simulated vs peak RSS and seconds per round."""
+    runs = bench_scale.measure(list(sizes.scale_sites), sizes.scale_rounds, log)
+    return [
+        Figure(
+            6,
+            f"{run.sites} sites simulated",
+            f"peak RSS {run.peak_mb() / 1e3:.2f} GB (ServerApp {run.peak_mb('serverapp'):.0f} "
+            f"MB, Ray actors {run.peak_mb('client-workers'):.0f} MB); "
+            f"{run.steady_round:.2f} s/round for {run.trained_per_round:.0f} sites trained; "
+            f"RSS growth r1->r{len(run.rounds)} {run.growth():+.2%}",
+            f"scale-100.toml with {run.sites} sites, {sizes.scale_rounds} rounds: RSS of "
+            "every process of the run sampled every 0.5 s and at each round's ledger row; "
+            "growth = ServerApp + actors, end of round 1 to end of last; s/round = median "
+            "of rounds after the first",
+        )
+        for run in runs
+    ]
+
+
+def utility(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 7: federated / centralised accuracy, and the drop at ε = 8."""
+    with output_to(log):
+        result = bench_utility.measure(sizes.utility_sites, sizes.utility_rounds)
+    steps = result.sites * result.rounds * result.steps
+    return [
+        Figure(
+            7,
+            "utility: non-IID federated / centralised accuracy (goal >= 0.95)",
+            f"{result.ratio:.3f} ({result.federated:.3f} / {result.centralised:.3f}; "
+            f"start {result.start:.3f})",
+            f"FedAvg, {result.sites} non-IID sites x {result.rounds} rounds x {result.steps} "
+            f"steps (real ServerApp/ClientApp in one process) vs the pooled data trained "
+            f"{steps} steps from the same adapter; held-out accuracy",
+        ),
+        Figure(
+            7,
+            "utility: drop at epsilon = 8 (DP-SGD per site)",
+            f"{result.dp_drop:+.3f} accuracy ({result.federated_dp:.3f} with DP)",
+            'same federation with dp-mode = "sample", dp-target-epsilon = 8, delta = 1e-5',
+        ),
+    ]
+
+
+PARTS: list[tuple[str, Callable[[Sizes, Path], list[Figure]]]] = [
+    ("overhead and bytes", overhead_and_bytes),
+    ("secure aggregation", secure_aggregation),
+    ("DP-SGD step", dp_step),
+    ("energy tracking", energy),
+    ("scale", scale),
+    ("utility", utility),
+]
+
+
+def render(figures: list[Figure]) -> str:
+    """The one table, in Markdown."""
+    lines = ["| # | figure | value | how it was measured |", "|---|---|---|---|"]
+    lines += [f"| {f.number} | {f.name} | {f.value} | {f.how} |" for f in figures]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (<= 15 min, 2 cores)")
+    parser.add_argument("--save", type=Path, help="also write the table and command here")
+    parser.add_argument("--log", type=Path, help="Flower/Ray output (default: a temp file)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    log = args.log or Path(tempfile.mkstemp(prefix="run_all-", suffix=".log")[1])
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py " + shlex.join(sys.argv[1:])
+    started = time.perf_counter()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()[0]
+    figures: list[Figure] = []
+    for label, part in PARTS:
+        print(f"run_all: {label} ... (log: {log})", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        figures += part(sizes, log)
+        print(f"run_all: {label} done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    minutes = (time.perf_counter() - started) / 60
+    header = (
+        f"Command: `{command}`\n\nDate: {date}; {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), load average {load:.1f} at the "
+        f"start; whole run {minutes:.1f} min. Ratios are measured within this run.\n"
+    )
+    table = render(figures)
+    print(f"\n{header}\n{table}")
+    if args.save:
+        args.save.write_text(f"# Performance table\n\n{header}\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

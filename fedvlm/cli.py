@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedvlm.deploy_cli import add_deploy_commands, parse_pairs
 from fedvlm.errors import FedVLMError
+from fedvlm.explain_cli import add_explain_command
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     add_deploy_commands(sub)
+    add_explain_command(sub)
     return parser
 
 

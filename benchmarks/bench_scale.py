@@ -4,8 +4,9 @@ Each row is one real `fedvlm simulate` run of simulations/scenarios/scale-100.to
 N sites (the same fraction of sites trains each round, so 10% of N, at least 5). A background
 thread samples the RSS of every process the run starts (simulations/memory.py), grouped by
 role, and takes one sample at the end of each round (when its ledger row appears). "growth"
-is the RSS change of the ServerApp and the Ray actors (ClientApps) from the end of round 1
-(everything loaded) to the end of the last round. Engine start-up (SuperLink, `flwr run`,
+is the RSS change of the ServerApp and the Ray actors (ClientApps): the mean of the last
+quarter of the rounds against the mean of the first quarter (rounds 16-20 vs 1-5 of 20; round 0
+is before any site trained). Engine start-up (SuperLink, `flwr run`,
 Ray, ServerApp model load, initial evaluation) is reported apart from the rounds.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scale.py     # 10/50/100 sites, 20 rounds
@@ -28,7 +29,7 @@ from simulations.scenario import Scenario  # noqa: E402
 SCENARIO = "scale-100"
 HEADER = (
     "| sites | trained/round | engine start-up s | round 1 s | s/round (later) | "
-    "peak RSS all MB | ServerApp MB | Ray actors MB (n) | growth r1→last |"
+    "peak RSS all MB | ServerApp MB | Ray actors MB (n) | growth first→last |"
 )
 
 
@@ -48,18 +49,18 @@ def row(run: SimulatedRun) -> str:
         f"| {run.sites:5d} | {run.trained_per_round:13.1f} | {run.startup:17.1f} | "
         f"{run.first_round:9.1f} | {run.steady_round:15.2f} | {run.peak_mb():15.0f} | "
         f"{run.peak_mb(SERVERAPP):12.0f} | {run.peak_mb(CLIENT_WORKER):13.0f} ({actors}) | "
-        f"{run.growth():+13.2%} |"
+        f"{run.growth():+17.2%} |"
     )
 
 
 def per_round_lines(run: SimulatedRun) -> list[str]:
-    """RSS of the ServerApp and the actors at the end of every round of one run."""
-    lines = [f"RSS at the end of each round, {run.sites} sites (ServerApp + Ray actors, MB):"]
-    values = [
-        f"r{number}: {sample.of((SERVERAPP, CLIENT_WORKER)) / 1e6:.0f}"
-        for number, sample in sorted(run.memory.per_round.items())
-    ]
-    lines += ["  " + "  ".join(values[i : i + 10]) for i in range(0, len(values), 10)]
+    """RSS of the ServerApp and of the Ray actors at the end of every round of one run."""
+    lines = [f"RSS at the end of each round, {run.sites} sites (MB):"]
+    for label, role in (("ServerApp ", SERVERAPP), ("Ray actors", CLIENT_WORKER)):
+        values = [
+            f"{sample.rss[role] / 1e6:.0f}" for _, sample in sorted(run.memory.per_round.items())
+        ]
+        lines.append(f"  {label} r0..r{len(values) - 1}: " + " ".join(values))
     return lines
 
 

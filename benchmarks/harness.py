@@ -107,10 +107,14 @@ class SimulatedRun:
         """Mean bytes a site uploads in one round."""
         return sum(r["bytes_up"] for r in self.rounds) / sum(len(r["sites"]) for r in self.rounds)
 
+    @property
+    def growth_window(self) -> int:
+        """Rounds averaged at each end for `growth`: a quarter of the rounds, at least one."""
+        return max(1, len(self.rounds) // 4)
+
     def growth(self, roles: tuple[str, ...] = (SERVERAPP, CLIENT_WORKER)) -> float:
-        """Relative RSS change of ``roles`` from the end of round 1 to the end of the last."""
-        last = max(self.memory.per_round)
-        return self.memory.growth(roles, 1, last)
+        """Relative RSS change of ``roles``: last `growth_window` rounds vs the first ones."""
+        return self.memory.trend(roles, self.growth_window)
 
     def peak_mb(self, role: str | None = None) -> float:
         """Peak RSS of one role, or of the whole process tree, in MB."""

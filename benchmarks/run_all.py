@@ -248,10 +248,12 @@ def scale(sizes: Sizes, log: Path) -> list[Figure]:
             f"peak RSS {run.peak_mb() / 1e3:.2f} GB (ServerApp {run.peak_mb('serverapp'):.0f} "
             f"MB, Ray actors {run.peak_mb('client-workers'):.0f} MB); "
             f"{run.steady_round:.2f} s/round for {run.trained_per_round:.0f} sites trained; "
-            f"RSS growth r1->r{len(run.rounds)} {run.growth():+.2%}",
+            f"RSS growth {run.growth():+.2%} (rounds 1-{run.growth_window} -> "
+            f"{len(run.rounds) - run.growth_window + 1}-{len(run.rounds)})",
             f"scale-100.toml with {run.sites} sites, {sizes.scale_rounds} rounds: RSS of "
             "every process of the run sampled every 0.5 s and at each round's ledger row; "
-            "growth = ServerApp + actors, end of round 1 to end of last; s/round = median "
+            "growth = ServerApp + actors, mean of the last quarter of rounds vs the first "
+            "quarter; s/round = median "
             "of rounds after the first",
         )
         for run in runs

@@ -109,6 +109,20 @@ class RoundMemory:
         before = self.per_round[first].of(roles)
         return (self.per_round[last].of(roles) - before) / before
 
+    def trend(self, roles: Iterable[str], window: int) -> float:
+        """Relative RSS change of ``roles``: mean of the last ``window`` rounds vs the first.
+
+        Rounds from 1 (round 0 is before any site trained). Averaging a few rounds at each
+        end keeps one sample's noise (a garbage collection, a site's data being generated)
+        from passing for growth or for its absence.
+        """
+        roles = tuple(roles)
+        values = [self.per_round[r].of(roles) for r in sorted(self.per_round) if r >= 1]
+        if window < 1 or len(values) < window:
+            raise ValueError(f"need at least {window} rounds, have {len(values)}")
+        first, last = values[:window], values[-window:]
+        return sum(last) / sum(first) - 1
+
 
 class MemorySampler:
     """Sample the RSS of a process tree in a background thread while a run is going on.

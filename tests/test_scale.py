@@ -97,6 +97,18 @@ def test_growth_is_relative_to_the_chosen_round_and_roles():
     assert memory.growth(["other"], 1, 5) == 0.0
 
 
+def test_trend_averages_the_first_and_last_rounds_and_ignores_round_zero():
+    def sample(rss: int) -> MemorySample:
+        return MemorySample(0.0, {SERVERAPP: rss}, {})
+
+    values = {0: 10, 1: 100, 2: 104, 3: 98, 4: 110, 5: 102, 6: 106}  # round 0: nothing loaded
+    memory = RoundMemory(per_round={r: sample(v) for r, v in values.items()})
+    assert memory.trend([SERVERAPP], 2) == pytest.approx((102 + 106) / (100 + 104) - 1)
+    assert memory.trend([SERVERAPP], 1) == pytest.approx(106 / 100 - 1)
+    with pytest.raises(ValueError, match="at least 7 rounds"):
+        memory.trend([SERVERAPP], 7)
+
+
 def test_base_model_is_loaded_once_per_process_and_shared_by_every_site():
     run = RunSettings()
     first, _ = load_peft_model(run.base_model, run.lora)

@@ -15,12 +15,13 @@ from fedvlm import contract
 from fedvlm.adapter import Adapter
 from fedvlm.config import RunSettings
 from fedvlm.data.example import VQAExample
+from fedvlm.errors import ConfigError
 from fedvlm.training import TrainStats, train_local
 from privacy import keys
 from privacy.client_level import clip_update
-from privacy.dp_sgd import train_local_dp
+from privacy.dp_sgd import require_per_example_gradients, train_local_dp
 from privacy.settings import PrivacySettings
-from privacy.site_account import SiteAccount, site_key
+from privacy.site_account import SiteAccount, SiteRefusalError, site_key
 
 
 def train_with_privacy(
@@ -62,6 +63,11 @@ def train_with_privacy(
     account = SiteAccount.open(
         privacy.sample, context.state, config, site_key(context.node_config, context.node_id)
     )
+    try:
+        require_per_example_gradients(model)
+    except ConfigError as err:
+        metrics = {contract.NUM_EXAMPLES: len(examples), **account.metrics(0)}
+        raise SiteRefusalError(keys.MISCONFIGURED, err, metrics) from err
     plan = account.begin_round(
         num_examples=len(examples),
         batch_size=batch_size,

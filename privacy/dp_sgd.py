@@ -34,9 +34,35 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from fedvlm.batching import encode, score
 from fedvlm.data.example import VQAExample
-from fedvlm.errors import DataError
+from fedvlm.errors import ConfigError, DataError
+from fedvlm.families import family_for_config
 from fedvlm.training import TrainStats, take
 from privacy.accounting import Release
+
+
+def require_per_example_gradients(model: PreTrainedModel) -> None:
+    """Refuse a trainable projector that does not see one image per example.
+
+    In Idefics3/SmolVLM (image splitting) and Qwen2-VL (flattened patches) the projector's
+    batch dimension is crops or patches, not examples: Opacus would clip per crop, and the
+    per-example sensitivity the accountant assumes would not hold.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``train-projector``.
+    """
+    family = family_for_config(model.config)
+    if family.projector_sees_examples:
+        return
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and family.projector in n]
+    if trained:
+        raise ConfigError(
+            "train-projector",
+            f"{family.model_type}: the projector sees image crops or patches, not examples, so "
+            "per-example gradients of it are undefined; set train-projector = false with "
+            "dp-mode = sample",
+        )
 
 
 def poisson_sample_rate(num_examples: int, batch_size: int) -> float:

@@ -4,6 +4,7 @@ import logging
 
 import dp_accounting
 import pytest
+import tiny_vlms
 import torch
 from dp_accounting import pld, rdp
 from flwr.app import RecordDict
@@ -17,7 +18,12 @@ from fedvlm.training import take, train_local
 from fedvlm.vlm import load_base, load_peft_model
 from privacy import keys
 from privacy.accounting import BudgetExhaustedError
-from privacy.dp_sgd import make_private, poisson_sample_rate, train_local_dp
+from privacy.dp_sgd import (
+    make_private,
+    poisson_sample_rate,
+    require_per_example_gradients,
+    train_local_dp,
+)
 from privacy.settings import PrivacySettings
 from privacy.site_account import SiteAccount, SiteRefusalError
 
@@ -216,3 +222,15 @@ def test_delta_at_or_above_one_over_n_is_refused_naming_the_key():
         account.begin_round(num_examples=40, batch_size=8, local_steps=4, planned_rounds=2)
     assert refusal.value.code == keys.MISCONFIGURED
     assert isinstance(refusal.value.cause, ConfigError) and refusal.value.cause.key == "dp-delta"
+
+
+def test_dp_sgd_refuses_a_trained_projector_that_does_not_see_examples():
+    """Idefics3 splits images into crops: its projector's rows are crops, not examples."""
+    split, _ = tiny_vlms.build("idefics3")
+    with pytest.raises(ConfigError) as err:
+        require_per_example_gradients(apply_lora(split, LoraSettings(train_projector=True)))
+    assert err.value.key == "train-projector"
+    frozen, _ = tiny_vlms.build("idefics3")
+    require_per_example_gradients(apply_lora(frozen, LoraSettings(train_projector=False)))
+    llava, _ = tiny_vlms.build("llava")
+    require_per_example_gradients(apply_lora(llava, LoraSettings(train_projector=True)))

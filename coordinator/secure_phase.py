@@ -91,7 +91,9 @@ def secure_train_phase(
     # Flower's strategies share one RecordDict between all messages: give each node its own,
     # since its secure-aggregation payload is added to it.
     train_content = {m.metadata.dst_node_id: RecordDict(dict(m.content.items())) for m in outgoing}
-    shapes = {name: tuple(tensor.shape) for name, tensor in global_adapter.items()}
+    # What the sites send: the strategy's update spec (FFA-LoRA exchanges only B and the
+    # projector; every other linear strategy exchanges the whole adapter).
+    shapes = {name: tuple(spec.shape) for name, spec in strategy.update_spec().items()}
     length = sum(math.prod(shape) for shape in shapes.values())
     config = settings.round_config(len(nodes), uniform_weights=add_noise is not None)
     server = SecAggServer(config, nodes, length)

@@ -210,8 +210,9 @@ def _baselines(baselines: Mapping[str, Any] | None) -> str:
     return (
         f"<p>Validation accuracy on each site's own split. Personalised: the final adapter "
         f"after {baselines['personalise_steps']} local steps at the site. Local only: the "
-        f"site training alone for the run's {baselines['local_only_steps']} steps.</p>"
-        + _table(["site", "federated", "personalised", "local only"], rows)
+        f"site training alone for the run's {baselines['local_only_steps']} steps. Simulated "
+        "sites are named by partition here (site-k); the coordinator knows them by node id "
+        "only.</p>" + _table(["site", "federated", "personalised", "local only"], rows)
     )
 
 

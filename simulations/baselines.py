@@ -66,6 +66,7 @@ def compute_baselines(
     )
     alone = settings.num_rounds * settings.local_steps
     model, processor = load_peft_model(settings.base_model, settings.lora)
+    found = get_adapter_state(model)
     # The seeded start every site and the coordinator share, rebuilt: the cached model's
     # adapter may have been overwritten by whoever used it last in this process.
     initial = get_adapter_state(apply_lora(load_base(settings.base_model)[0], settings.lora))
@@ -111,7 +112,7 @@ def compute_baselines(
             "personalised": tuned.accuracy,
             "local_only": local.accuracy,
         }
-    set_adapter_state(model, initial)  # leave the cached model as it was found
+    set_adapter_state(model, found)  # leave the cached model as it was found
     return {
         "personalise_steps": steps,
         "local_only_steps": alone,

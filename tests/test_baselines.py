@@ -9,9 +9,10 @@ from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import DataError
+from fedvlm.lora import apply_lora
 from fedvlm.lora_factors import factor_of
 from fedvlm.training import evaluate, train_local
-from fedvlm.vlm import load_peft_model
+from fedvlm.vlm import load_base, load_peft_model
 from simulations.baselines import compute_baselines, main
 
 RUN_CONFIG = {
@@ -64,7 +65,10 @@ def _site(k: int):
 
 
 def test_baselines_match_direct_training_and_evaluation(run_dir):
-    path, final, initial = run_dir
+    path, final, cached = run_dir
+    # The run's seeded initial adapter (the cached model's may have been overwritten by
+    # earlier tests; the baselines rebuild it the same way).
+    initial = get_adapter_state(apply_lora(load_base(RUN.base_model)[0], RUN.lora))
     baselines = compute_baselines(path, personalise_steps=2)
     assert baselines["local_only_steps"] == 6 and baselines["personalise_steps"] == 2
     assert list(baselines["sites"]) == ["site-0", "site-1"]
@@ -78,7 +82,7 @@ def test_baselines_match_direct_training_and_evaluation(run_dir):
         set_adapter_state(model, initial)
         train_local(model, processor, site.train, steps=6, lr=0.01, batch_size=4, seed=k)
         assert entry["local_only"] == pytest.approx(evaluate(model, processor, site.val).accuracy)
-    set_adapter_state(model, initial)
+    set_adapter_state(model, cached)
 
 
 def test_command_writes_baselines_json_and_the_report_shows_them(run_dir):

@@ -27,7 +27,6 @@ from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
     arrayrecord_to_adapter,
-    get_adapter_state,
     set_adapter_state,
 )
 from fedvlm.config import RunSettings, read
@@ -40,7 +39,7 @@ from fedvlm.energy import (
     round_energy,
 )
 from fedvlm.training import evaluate
-from fedvlm.vlm import load_peft_model
+from fedvlm.vlm import initial_adapter, load_peft_model
 from privacy.accounting import BudgetExhaustedError
 from privacy.secagg.settings import SecureAggregationSettings
 from privacy.settings import PrivacySettings
@@ -99,7 +98,8 @@ def main(grid: Grid, context: Context) -> None:
             contract.SEED: run.seed,
         }
     )
-    global_adapter: Adapter = get_adapter_state(model)
+    global_adapter: Adapter = initial_adapter(run.base_model, run.lora)
+    set_adapter_state(model, global_adapter)
     meter = EnergyMeter(EnergySettings.from_config(context.run_config, prefix="coordinator-"))
     kwh_per_gb = network_kwh_per_gb(context.run_config)
 

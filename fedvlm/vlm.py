@@ -15,6 +15,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
+from fedvlm.adapter import Adapter, get_adapter_state
 from fedvlm.embedded import EMBEDDED_MODEL_DIR
 from fedvlm.errors import ModelNotFoundError
 from fedvlm.families import family_for_model_type
@@ -101,4 +102,22 @@ def load_peft_model(
         )
     elif runtime.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return apply_lora(model, lora), processor
+    peft_model = apply_lora(model, lora)
+    _INITIAL_ADAPTERS[id(peft_model)] = get_adapter_state(peft_model)
+    return peft_model, processor
+
+
+# The seeded initial adapter of each cached model, taken before any training touches it.
+_INITIAL_ADAPTERS: dict[int, Adapter] = {}
+
+
+def initial_adapter(
+    name_or_path: str, lora: LoraSettings, *, runtime: ModelSettings | None = None
+) -> Adapter:
+    """The seeded initial adapter of `load_peft_model(name_or_path, lora)` (a copy).
+
+    The coordinator starts every run from it, not from the cached model's current weights,
+    which a previous run in the same process (a test, a benchmark) may have trained.
+    """
+    model, _ = load_peft_model(name_or_path, lora, runtime=runtime)
+    return {name: tensor.clone() for name, tensor in _INITIAL_ADAPTERS[id(model)].items()}

@@ -40,9 +40,15 @@ FLAGS = (
 INSTALL = (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"])
 
 
+def _find() -> str | None:
+    """`$FEDVLM_CHROMIUM`, else Debian's `chromium`, else a Google Chrome already installed."""
+    names = [os.environ.get("FEDVLM_CHROMIUM", ""), "chromium", "google-chrome"]
+    return next((found for name in names if name and (found := shutil.which(name))), None)
+
+
 def chromium_executable() -> str:
     """Path of Chromium, installed with apt-get when missing; the test fails if it cannot be."""
-    found = shutil.which("chromium")
+    found = _find()
     if found:
         return found
     problems = []
@@ -54,7 +60,7 @@ def chromium_executable() -> str:
             if done.returncode != 0:
                 problems.append(f"{' '.join(command)} failed: {done.stderr[-500:]}")
                 break
-    found = shutil.which("chromium")
+    found = _find()
     if not found:
         pytest.fail(
             "Chromium is not installed and could not be installed "

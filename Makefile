@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup simulate test lint clean
+.PHONY: setup browser simulate test lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,10 +21,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The HTML run report is tested in a real headless browser (Debian's chromium).
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| { sudo apt-get update -qq && sudo apt-get install -y -qq chromium; }
+
 simulate: setup
 	$(BIN)/python -m fedvlm simulate --scenario default
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 

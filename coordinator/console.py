@@ -29,6 +29,16 @@ def _num(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
     return value
 
 
+def _epsilon(row: dict[str, Any]) -> str:
+    """Privacy spent against the budget, e.g. `3.21/8` (per-site maximum at sample level)."""
+    privacy = row.get("privacy") or {}
+    if privacy.get("epsilon") is None:
+        return "-"
+    budget = privacy.get("budget_epsilon")
+    spent = format(privacy["epsilon"], ".2f")
+    return spent if budget is None else f"{spent}/{budget:g}"
+
+
 def _mb(key: str) -> Callable[[dict[str, Any]], str]:
     def value(row: dict[str, Any]) -> str:
         v = row.get(key)
@@ -43,7 +53,7 @@ COLUMNS = (
     Column("train loss", 10, _num("train_loss", ".4f")),
     Column("site acc", 8, _num("fed_eval_accuracy", ".3f")),
     Column("held-out acc", 12, _num("heldout_accuracy", ".3f")),
-    Column("epsilon", 7, _num("privacy.epsilon", ".2f")),
+    Column("eps/budget", 10, _epsilon),
     Column("kWh", 9, _num("energy.total.kwh", ".2e")),
     Column("gCO2e", 8, _num("energy.total.gco2e", ".3f")),
     Column("MB up", 7, _mb("bytes_up")),

@@ -210,7 +210,7 @@ def main(grid: Grid, context: Context) -> None:
             context.run_config,
             extra=guard.state_dict(),
         )
-        print(console.row_line(row), flush=True)
+        print(console.row_line(row, run.num_rounds), flush=True)
 
     folder.save_adapter(model)
     evaluated = [r for r in read_ledger(folder.path) if "heldout_accuracy" in r]

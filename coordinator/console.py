@@ -68,6 +68,15 @@ def header() -> str:
     return f"{names}\n{'-' * len(names)}"
 
 
-def row_line(row: dict[str, Any]) -> str:
-    """One ledger row as a table line; absent values print as '-'."""
-    return " | ".join(c.value(row).rjust(c.width) for c in COLUMNS)
+def progress(done: int, total: int, width: int = 20) -> str:
+    """A text progress bar across rounds, e.g. `[########------------] 2/5`."""
+    filled = round(width * done / total) if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
+
+
+def row_line(row: dict[str, Any], total_rounds: int | None = None) -> str:
+    """One ledger row as a table line (absent values print as '-'), then the progress bar."""
+    line = " | ".join(c.value(row).rjust(c.width) for c in COLUMNS)
+    if total_rounds is None:
+        return line
+    return f"{line}  {progress(int(row['round']), total_rounds)}"

@@ -2,11 +2,13 @@
 
 import math
 
+import torch
 from transformers import LlavaForConditionalGeneration
 
 from fedvlm.embedded import EMBEDDED_MODEL_DIR
 from fedvlm.embedded.build import main as build_main
-from fedvlm.embedded.shapes import RADIOGRAPH_TEXT, make_examples, vocabulary_text
+from fedvlm.embedded.build import sincos_positions
+from fedvlm.embedded.shapes import NUMBERS, RADIOGRAPH_TEXT, make_examples, vocabulary_text
 from fedvlm.training import evaluate
 from fedvlm.vlm import load_base
 
@@ -37,3 +39,18 @@ def test_committed_model_is_small_and_knows_the_task_words():
         add_generation_prompt=True,
         tokenize=False,
     )
+
+
+def test_position_table_starts_with_every_patch_apart():
+    table = sincos_positions(4, 96)
+    assert table.shape == (17, 96)
+    assert torch.count_nonzero(table[0]) == 0  # class token
+    distances = torch.cdist(table[1:], table[1:]) + torch.eye(16) * 1e9
+    assert distances.min() > 0.5
+
+
+def test_captions_state_the_count_and_each_objects_size_shape_and_side():
+    for example in make_examples(64, seed=2, question_types=("caption",)):
+        count, *words = example.answer.split()
+        assert len(words) == 3 * NUMBERS.index(count)
+        assert set(words[0::3]) <= {"small", "large"} and set(words[2::3]) <= {"left", "right"}

@@ -1,7 +1,8 @@
 """Build, pretrain and save the embedded tiny LLaVA (``python -m fedvlm.embedded.build``).
 
 Why pretrain: LoRA on a random base barely learns, so the base is trained in full for a few
-hundred steps on generic coloured-shapes VQA (``shapes.py``). The result is saved with
+thousand steps on generic grey-scene VQA (``shapes.py``: presence, side, count, size and shape of
+objects among clutter, plus captions that state them all). The result is saved with
 ``save_pretrained`` and loads through ``AutoModelForImageTextToText`` / ``AutoProcessor``, the
 same path a hub model takes. Seeded and single-threaded, so a rebuild gives the same model.
 """
@@ -28,8 +29,8 @@ from fedvlm.embedded import EMBEDDED_MODEL_DIR
 from fedvlm.embedded.shapes import IMAGE_SIZE, make_examples, vocabulary_text
 from fedvlm.training import evaluate, train_local
 
-PATCH_SIZE = 8  # 64 px / 8 = 8 x 8 = 64 image tokens
-PEAK_LR = 1.5e-3
+PATCH_SIZE = 8  # 64 px / 8 = 8 x 8 = 64 image tokens; 16 px patches lose small objects
+PEAK_LR = 3e-3
 CHUNK = 250  # steps per train_local call; each call encodes a fresh example pool
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<image>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -110,7 +111,29 @@ def build_model(processor: LlavaProcessor) -> LlavaForConditionalGeneration:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
-    return LlavaForConditionalGeneration(config)
+    model = LlavaForConditionalGeneration(config)
+    embedding = model.model.vision_tower.embeddings.position_embedding
+    with torch.no_grad():
+        embedding.weight.copy_(sincos_positions(IMAGE_SIZE // PATCH_SIZE, vision.hidden_size))
+    return model
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """Fixed-form 2-D sin-cos start for CLIP's learned position table (class token row zero).
+
+    Why: CLIP's default start (std 0.02) is drowned by the patch content after the first layer
+    norm, so a tiny tower learns "how bright" long before "where", and never learns left/right
+    in a few thousand steps. Half the channels encode the row, half the column, as in MAE.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angle = coordinate[:, None].double() * omega[None, :]
+        parts += [angle.sin(), angle.cos()]
+    table = torch.cat(parts, dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
 
 
 def build(out: Path, steps: int, seed: int = 0) -> float:
@@ -156,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     build(args.out, args.steps, args.seed)

@@ -1,23 +1,48 @@
-"""Synthetic coloured-shapes VQA: the generic task the embedded base is pretrained on.
+"""Synthetic grey-scene VQA: the generic task the embedded base is pretrained on.
 
-The base must learn to *look* (shape, colour, position, count, size) and to answer with the
-short words the federated task also uses (yes/no, left/right, zero..three, small/large), so that
-LoRA only has to map a new domain onto skills that already exist. One question type
+The base must learn low-level looking skills that any small-object task needs — is something
+there, which side is it on, how many are there, how large is it, what shape is it — on images
+whose look varies the way real acquisitions do: grey noisy backgrounds with smooth large-scale
+clutter, varied brightness, contrast, noise and edge blur. Questions are worded about generic
+"objects", never about any federated domain, so a federation still has to learn its own question
+wording and image domain; LoRA then maps them onto skills that already exist. One question type
 (``VARIANT_TYPE``) is held out of pretraining to measure how fast LoRA learns something new.
 """
 
 import random
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 from fedvlm.data.example import VQAExample
 
 IMAGE_SIZE = 64
 SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230)}
 NUMBERS = ("zero", "one", "two", "three")
-PRETRAIN_TYPES = ("caption", "shape", "colour", "position", "count", "size", "presence")
-VARIANT_TYPE = "left"  # "is the shape on the left?" — never seen in pretraining
+SIZES = {"small": (5, 9), "large": (14, 21)}  # bounding-box side in pixels
+QUESTIONS = {
+    "presence": "are there any objects?",
+    "position": "which side is the object on?",
+    "count": "count the objects.",
+    "size": "is the object small or large?",
+    "shape": "what shape is the object?",
+    "caption": "describe the objects.",
+}
+# Half the examples are captions: one forward pass then supervises every fact of the image
+# (count, and each object's size, shape and side), which is what makes a tiny model learn to look
+# within a few thousand steps.
+PRETRAIN_TYPES = (
+    "caption",
+    "count",
+    "caption",
+    "position",
+    "caption",
+    "size",
+    "caption",
+    "presence",
+)
+VARIANT_TYPE = "left"  # "is the object on the left?" — never seen in pretraining
+_VARIANT_QUESTION = "is the object on the left?"
 
 # Every word the embedded tokenizer must know, including the federated radiograph task's
 # questions and answers (written by another module; only its vocabulary matters here).
@@ -30,67 +55,118 @@ RADIOGRAPH_TEXT = (
 )
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
-    x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
+def _background(rng: random.Random) -> np.ndarray:
+    """Grey level, gradient, and clutter that is never an object.
+
+    The clutter — large soft-edged ellipses, long thin bars, broad bumps — is what makes the
+    tower learn "compact object" rather than "anything bright": real images have large
+    structures and edges everywhere, and an object detector that fires on them transfers badly.
+    """
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE + 0.5 / IMAGE_SIZE
+    image = np.full((IMAGE_SIZE, IMAGE_SIZE), rng.uniform(0.0, 0.35))
+    image += rng.uniform(-0.15, 0.15) * (xx - 0.5) + rng.uniform(-0.15, 0.15) * (yy - 0.5)
+    for _ in range(rng.randint(0, 2)):  # large regions with a soft edge
+        cx, cy = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)
+        rx, ry = rng.uniform(0.3, 0.55), rng.uniform(0.3, 0.55)
+        inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+        image += rng.uniform(-0.25, 0.25) / (1 + np.exp((inside - 1) * rng.uniform(5, 20)))
+    for _ in range(rng.randint(0, 2)):  # long thin bars, mostly near-vertical or near-horizontal
+        angle = rng.choice((0.0, np.pi / 2)) + rng.uniform(-0.3, 0.3)
+        offset = rng.uniform(0.1, 0.9)
+        distance = np.abs((xx - offset) * np.cos(angle) + (yy - offset) * np.sin(angle))
+        image += rng.uniform(0.05, 0.2) * np.exp(-((distance / rng.uniform(0.01, 0.05)) ** 2))
+    for _ in range(rng.randint(0, 2)):  # broad bumps
+        cx, cy = rng.uniform(0, 1), rng.uniform(0, 1)
+        sx, sy = rng.uniform(0.2, 0.45), rng.uniform(0.2, 0.45)
+        bump = np.exp(-(((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))
+        image += rng.uniform(-0.15, 0.15) * bump
+    return image
 
 
-def _scene(rng: random.Random, count: int, size: str) -> tuple[Image.Image, list[tuple]]:
-    """Draw ``count`` same-size shapes on a noisy dark background; return image and objects."""
-    shade = rng.randint(0, 60)
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (shade, shade, shade))
-    draw = ImageDraw.Draw(image)
-    side = rng.randint(22, 28) if size == "large" else rng.randint(8, 12)
-    objects = []
-    for _ in range(count):
-        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-        x = rng.randint(1, IMAGE_SIZE - side - 1)
-        y = rng.randint(1, IMAGE_SIZE - side - 1)
-        _draw(draw, shape, (x, y, x + side, y + side), COLOURS[colour])
-        objects.append((shape, colour, x + side / 2, y + side / 2))
-    return image, objects
+def _place(
+    rng: random.Random, sizes: list[str], sides: list[str] | None
+) -> list[tuple[str, str, int, int, int]] | None:
+    """Non-overlapping (shape, size, x, y, side) boxes; ``sides`` pins each object's half."""
+    boxes: list[tuple[str, str, int, int, int]] = []
+    for i, size in enumerate(sizes):
+        side = None if sides is None else sides[i]
+        s = rng.randint(*SIZES[size])
+        for _attempt in range(50):
+            if side is None:
+                x = rng.randint(1, IMAGE_SIZE - s - 1)
+            else:  # centre clearly inside the asked half, away from the midline
+                lo, hi = (4, IMAGE_SIZE // 2 - 4) if side == "left" else (IMAGE_SIZE // 2 + 4, 60)
+                x = rng.randint(max(1, lo - s // 2), min(IMAGE_SIZE - s - 1, hi - s // 2))
+            y = rng.randint(1, IMAGE_SIZE - s - 1)
+            if all(
+                x + s + 2 <= bx or bx + bs + 2 <= x or y + s + 2 <= by or by + bs + 2 <= y
+                for _, _, bx, by, bs in boxes
+            ):
+                boxes.append((rng.choice(SHAPES), size, x, y, s))
+                break
+        else:
+            return None
+    return boxes
 
 
-def _position(cx: float, cy: float) -> str:
-    dx, dy = cx - IMAGE_SIZE / 2, cy - IMAGE_SIZE / 2
-    if abs(dx) >= abs(dy):
-        return "left" if dx < 0 else "right"
-    return "top" if dy < 0 else "bottom"
+def _scene(
+    rng: random.Random, sizes: list[str], sides: list[str] | None = None
+) -> tuple[Image.Image, list[tuple[str, str, int, int, int]]]:
+    """Render objects of ``sizes`` on a random grey background under a random acquisition."""
+    boxes = None
+    while boxes is None:
+        boxes = _place(rng, sizes, sides)
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    image = _background(rng)
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    draw = ImageDraw.Draw(mask)
+    for shape, _, x, y, s in boxes:
+        box = (x, y, x + s, y + s)
+        if shape == "circle":
+            draw.ellipse(box, fill=255)
+        elif shape == "square":
+            draw.rectangle(box, fill=255)
+        else:
+            draw.polygon([(x + s // 2, y), (x, y + s), (x + s, y + s)], fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 2.0)))
+    image += rng.uniform(0.3, 0.7) * np.asarray(mask, dtype=float) / 255
+    level = rng.uniform(0.1, 0.5)  # contrast pivot, like a scanner's window
+    image = level + rng.uniform(0.5, 1.5) * (image - level) + rng.uniform(-0.1, 0.1)
+    image += nrng.normal(0.0, rng.uniform(0.01, 0.08), image.shape)
+    grey = np.clip(image, 0, 1)[..., None] * np.array([rng.uniform(0.9, 1.0) for _ in range(3)])
+    return Image.fromarray(np.rint(grey * 255).astype(np.uint8)), boxes
+
+
+def _sizes(rng: random.Random, count: int) -> list[str]:
+    return [rng.choice(tuple(SIZES)) for _ in range(count)]
 
 
 def make_example(rng: random.Random, question_type: str) -> VQAExample:
     """One example of ``question_type`` (one of PRETRAIN_TYPES or VARIANT_TYPE)."""
-    size = rng.choice(("small", "large"))
-    if question_type == "count":
+    if question_type in ("count", "presence"):
+        count = rng.randint(0, 3) if question_type == "count" else rng.choice((0, 0, 0, 1, 2, 3))
+        image, _ = _scene(rng, _sizes(rng, count))
+        answer = NUMBERS[count] if question_type == "count" else ("yes" if count else "no")
+        return VQAExample(image, QUESTIONS[question_type], answer, question_type)
+    if question_type == "caption":
         count = rng.randint(0, 3)
-        image, _ = _scene(rng, count, "small")
-        return VQAExample(image, "how many shapes are there?", NUMBERS[count], "count")
-    if question_type == "presence":
-        image, objects = _scene(rng, rng.randint(0, 2), size)
-        target = rng.choice(SHAPES)
-        answer = "yes" if any(o[0] == target for o in objects) else "no"
-        return VQAExample(image, f"is there a {target}?", answer, "presence")
-    image, objects = _scene(rng, 1, size)
-    shape, colour, cx, cy = objects[0]
-    if question_type == "caption":  # dense supervision: every attribute in one answer
-        answer = f"{size} {colour} {shape} {_position(cx, cy)}"
-        return VQAExample(image, "describe the shape.", answer, "caption")
-    if question_type == "shape":
-        return VQAExample(image, "what shape is it?", shape, "shape")
-    if question_type == "colour":
-        return VQAExample(image, "what colour is the shape?", colour, "colour")
+        sides = [rng.choice(("left", "right")) for _ in range(count)]
+        image, boxes = _scene(rng, _sizes(rng, count), sides)
+        described = sorted(zip(boxes, sides, strict=True), key=lambda pair: pair[0][2])
+        words = [NUMBERS[count]] + [f"{b[1]} {b[0]} {side}" for b, side in described]
+        return VQAExample(image, QUESTIONS["caption"], " ".join(words), "caption")
+    side = rng.choice(("left", "right"))
+    image, boxes = _scene(rng, _sizes(rng, 1), [side])
+    shape, size = boxes[0][:2]
     if question_type == "position":
-        return VQAExample(image, "where is the shape?", _position(cx, cy), "position")
+        return VQAExample(image, QUESTIONS["position"], side, "position")
     if question_type == "size":
-        return VQAExample(image, "how large is the shape?", size, "size")
+        return VQAExample(image, QUESTIONS["size"], size, "size")
+    if question_type == "shape":
+        return VQAExample(image, QUESTIONS["shape"], shape, "shape")
     if question_type == VARIANT_TYPE:
-        answer = "yes" if cx < IMAGE_SIZE / 2 else "no"
-        return VQAExample(image, "is the shape on the left?", answer, VARIANT_TYPE)
+        answer = "yes" if side == "left" else "no"
+        return VQAExample(image, _VARIANT_QUESTION, answer, VARIANT_TYPE)
     raise ValueError(f"unknown question type {question_type!r}")
 
 
@@ -108,16 +184,6 @@ def vocabulary_text() -> list[str]:
     Answers follow the assistant tag directly, without a leading space, so each answer word also
     appears alone on its own line: byte-level BPE then gives it a single token.
     """
-    questions = [
-        "how many shapes are there?",
-        "describe the shape.",
-        "what shape is it?",
-        "what colour is the shape?",
-        "where is the shape?",
-        "how large is the shape?",
-        "is the shape on the left?",
-        *(f"is there a {s}?" for s in SHAPES),
-        *RADIOGRAPH_TEXT[:-1],
-    ]
-    words = [*SHAPES, *COLOURS, *NUMBERS, "top", "bottom", *RADIOGRAPH_TEXT[-1].split()]
+    questions = [*QUESTIONS.values(), _VARIANT_QUESTION, *RADIOGRAPH_TEXT[:-1]]
+    words = [*SHAPES, *NUMBERS, *SIZES, *RADIOGRAPH_TEXT[-1].split()]
     return questions + words + [" ".join(words)]

@@ -19,6 +19,7 @@ from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
 from coordinator.privacy_guard import PrivacyGuard
+from coordinator.report import build_report
 from coordinator.round_record import node_energy
 from coordinator.run_folder import RunFolder
 from coordinator.secure_phase import secure_train_phase
@@ -213,6 +214,7 @@ def main(grid: Grid, context: Context) -> None:
         print(console.row_line(row, run.num_rounds), flush=True)
 
     folder.save_adapter(model)
+    build_report(folder.path)  # plots, model card and report.html, from the ledger alone
     evaluated = [r for r in read_ledger(folder.path) if "heldout_accuracy" in r]
     print(
         f"fedvlm: held-out accuracy {base_accuracy:.3f} -> "

@@ -14,6 +14,7 @@ from peft import PeftModel
 
 from coordinator.atomic import write_atomic
 from fedvlm.config import RunSettings
+from fedvlm.energy import describe_hardware
 from fedvlm.vlm import resolve_model_path
 
 ADAPTER_DIR = "adapter"
@@ -39,6 +40,7 @@ class RunFolder:
             "strategy": run.strategy,
             "settings": asdict(run),
             "run_config": run_config,
+            "hardware": describe_hardware(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_atomic(path / RUN_JSON, json.dumps(meta, indent=2, default=str).encode())

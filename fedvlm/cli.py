@@ -22,6 +22,8 @@ def _simulate(args: argparse.Namespace) -> int:
     scenario = scenario_mod.Scenario.load(args.scenario)
     overrides = parse_pairs(args.run_config, "--run-config")
     run_dir = runner.run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
+    if args.baselines:  # what each site reaches alone, beside what federation gave it
+        importlib.import_module("simulations.baselines").write_baselines(run_dir)
     print(f"fedvlm: run folder {run_dir}")
     return 0
 
@@ -48,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a [tool.flwr.app.config] value, e.g. --run-config num-server-rounds=3",
     )
     sim.add_argument("--run-dir", default=None, help="parent folder of run folders (./runs)")
+    sim.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the per-site local-only and personalised baselines after the run",
+    )
     sim.set_defaults(func=_simulate)
 
     rep = sub.add_parser("report", help="rebuild plots and model card of a run from its ledger")

@@ -10,8 +10,9 @@ Two tables:
 2. Held-out accuracy after the same rounds without DP and at ε ∈ {8, 3, 1} (δ = 1e-5, the
    noise calibrated per site for the whole run), on the synthetic non-IID task. The rounds
    run through the real coordinator (`coordinator.app.main`) and the real ClientApp, joined
-   in this process by a Grid that passes messages through Flower's serialisation and keeps
-   each node's `context.state` (no Ray, no SuperLink: same code path, minutes less).
+   in this process by `simulations.in_process.InProcessGrid`, which passes messages through
+   Flower's serialisation and keeps each node's `context.state` (no Ray, no SuperLink: same
+   code path, minutes less).
 
 Usage: ``python benchmarks/bench_dp.py [--rounds 4] [--sites 4] [--skip-accuracy]
 [--set batch-size=32 dp-max-grad-norm=0.3 ...]`` (default run: about 5-6 minutes on 2 CPU
@@ -27,20 +28,10 @@ import tomllib
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import (
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.supercore.task_identity import TaskIdentity
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
 from client import app as client_app
-from coordinator import app as coordinator_app
 from coordinator.ledger import read_ledger
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.batching import answer_loss, encode, score
@@ -48,6 +39,7 @@ from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
 from fedvlm.training import take
 from fedvlm.vlm import load_peft_model
+from simulations.in_process import InProcessGrid, run_coordinator
 
 MODES = ("hooks", "functorch", "ghost")
 
@@ -153,41 +145,6 @@ def _site(run: RunSettings, site_id: int, num_sites: int):
     )
 
 
-class InProcessGrid:
-    """The real ClientApp behind Flower's Grid interface, in this process.
-
-    Messages go through Flower's protobuf serialisation; each node keeps its
-    `context.state` between messages, as a SuperNode does.
-    """
-
-    def __init__(self, run_config: dict, num_sites: int) -> None:
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": num_sites},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i in range(num_sites)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for message in messages:
-            context = self.contexts[message.metadata.dst_node_id]
-            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
-            try:
-                reply = client_app.app(message_from_proto(message_to_proto(message)), context)
-            except Exception as err:  # as Flower does: a raising ClientApp is an error reply
-                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
-            replies.append(message_from_proto(message_to_proto(reply)))
-        return replies
-
-
 def accuracy_table(
     rounds: int, sites: int, epsilons: list[float], overrides: dict[str, object]
 ) -> None:
@@ -195,8 +152,6 @@ def accuracy_table(
 
     ``overrides`` are run-config keys applied to every run alike (batch size, clip, ...).
     """
-    TaskIdentity._task_id, TaskIdentity._run_id = 1, 1  # what Flower's ServerApp runtime sets
-    TaskIdentity._node_id = SUPERLINK_NODE_ID
     rows = []
     # Coordinator and sites share this process's cached model: every run starts from the
     # same initial adapter, not from where the previous run left it.
@@ -219,10 +174,7 @@ def accuracy_table(
             if epsilon is not None:
                 config |= {"dp-mode": "sample", "dp-target-epsilon": epsilon}
             started = time.perf_counter()
-            context = Context(
-                run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config
-            )
-            coordinator_app.main(InProcessGrid(config, sites), context)
+            run_coordinator(InProcessGrid(client_app.app, config, [{}] * sites), config)
             ledger = read_ledger(Path(tmp) / name)
             privacy = ledger[-1].get("privacy") or {}
             rows.append(

@@ -3,8 +3,9 @@
 Every run is a whole federation on the synthetic non-IID task (label and acquisition skew),
 same seeds, same sites, same rounds, driven in one process: the coordinator's real
 `ServerApp` main (round loop, strategy, validation, DP ledger) and each site's real
-`ClientApp` (training, DP-SGD, FFA freezing, per-site rank), joined by an in-process Grid
-that passes every message through Flower's protobuf encoding. That is Flower's simulation
+`ClientApp` (training, DP-SGD, FFA freezing, per-site rank), joined by
+`simulations.in_process.InProcessGrid`, which passes every message through Flower's
+protobuf encoding. That is Flower's simulation
 engine minus its ~20 s start-up per run, which would dominate a table of 20 runs.
 
 Part 1: each strategy without DP and with sample-level DP (DP-SGD at every site,
@@ -35,22 +36,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
-from flwr.common.serde import (  # noqa: E402
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from client import app as client_app  # noqa: E402
-from coordinator import app as coordinator_app  # noqa: E402
 from coordinator.ledger import read_ledger  # noqa: E402
 from fedvlm.errors import ConfigError  # noqa: E402
 from fedvlm.vlm import load_peft_model  # noqa: E402
+from simulations.in_process import InProcessGrid, run_coordinator  # noqa: E402
 
 STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "trimmed-mean", "median"]
 HETERO = {  # scheme -> (strategy, run lora-rank, per-site ranks or None)
@@ -74,42 +65,6 @@ BASE_CONFIG = {
 DP = {"dp-mode": "sample", "dp-target-epsilon": 8.0}
 
 
-class InProcessGrid:
-    """Delivers each message to a site's ClientApp in this process, as Flower would.
-
-    Each site keeps its ``context.state`` between messages (the DP account lives there),
-    round-tripped through protobuf like every message.
-    """
-
-    def __init__(self, app: ClientApp, run_config: dict, node_configs: list[dict]) -> None:
-        self.app = app
-        self.contexts = {
-            1000 + i: Context(
-                run_id=1,
-                node_id=1000 + i,
-                node_config={"partition-id": i, "num-partitions": len(node_configs), **extra},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i, extra in enumerate(node_configs)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for message in messages:
-            context = self.contexts[message.metadata.dst_node_id]
-            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
-            try:
-                reply = self.app(message_from_proto(message_to_proto(message)), context)
-            except Exception as err:  # Flower turns a raising ClientApp into an error reply
-                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
-            replies.append(message_from_proto(message_to_proto(reply)))
-        return replies
-
-
 def federate(
     name: str, config: dict, node_configs: list[dict], run_dir: Path
 ) -> dict[str, float | str]:
@@ -125,10 +80,9 @@ def federate(
     # model is cached per process and would otherwise carry the previous run's adapter.
     load_peft_model.cache_clear()
     grid = InProcessGrid(client_app.app, config, node_configs)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the per-round console table
-        coordinator_app.main(grid, context)
+        run_coordinator(grid, config)
     rows = read_ledger(run_dir / name)
     rounds = [r for r in rows if r.get("round", 0) > 0 and "heldout_accuracy" in r]
     last = rows[-1]
@@ -190,9 +144,6 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
-    # The identity Flower's ServerApp runtime gives the process before `@app.main` runs.
-    TaskIdentity._task_id, TaskIdentity._run_id = 1, 1
-    TaskIdentity._node_id = SUPERLINK_NODE_ID
     base = {
         **BASE_CONFIG,
         "num-server-rounds": args.rounds,

@@ -30,8 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_strategies import federate  # noqa: E402
-from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from client.site_data import load_site  # noqa: E402
 from fedvlm.config import NodeSettings, RunSettings  # noqa: E402
@@ -94,9 +92,6 @@ def measure(sites: int, rounds: int, overrides: dict | None = None) -> Utility:
     """The federated run, the centralised one, and the federated one at ε = 8."""
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    # The identity Flower's ServerApp runtime gives the process before `@app.main` runs.
-    TaskIdentity._task_id, TaskIdentity._run_id = 1, 1
-    TaskIdentity._node_id = SUPERLINK_NODE_ID
     config = {
         "num-server-rounds": rounds,
         "energy-tracking": False,

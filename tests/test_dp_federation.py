@@ -1,29 +1,21 @@
 """Differential privacy through the real round loop: the coordinator's ServerApp main and
-the real ClientApp (training included), joined by an in-process Grid that passes messages
-through Flower's protobuf serialisation and keeps each node's `context.state` between
-messages, as a deployment does.
+the real ClientApp (training included), joined by `simulations.in_process.InProcessGrid`,
+which passes messages through Flower's protobuf serialisation and keeps each node's
+`context.state` between messages, as a deployment does.
 """
 
 import pytest
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import (
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
-from coordinator import app as coordinator_app
 from coordinator.ledger import read_ledger
 from fedvlm.errors import ConfigError
 from privacy.accounting import PrivacyHistory
 from privacy.dp_sgd import poisson_sample_rate
+from simulations.in_process import InProcessGrid, run_coordinator
 
 NODES = [11, 22]
+SITES = [{}] * len(NODES)
+RESUMED_NODES = [77, 88]  # a resumed simulation draws new node ids; the partitions stay
 RUN_CONFIG = {
     "num-server-rounds": 3,
     "local-steps": 2,
@@ -39,42 +31,17 @@ RUN_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """Set the process identity Flower's ServerApp runtime sets before ``@app.main`` runs."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
-
-
 class CrashError(Exception):
     """The coordinator process dies (a test stand-in for a kill)."""
 
 
-class LocalGrid:
-    """Delivers each message to a node's ClientApp in this process, as Flower would.
+class CrashingGrid(InProcessGrid):
+    """Kills the coordinator when it sends its ``crash_at_train``-th batch of train messages."""
 
-    ``nodes`` are this federation's node ids (a resumed simulation draws new ones; the
-    partition ids stay). ``crash_at_train`` makes the n-th train batch kill the coordinator.
-    """
-
-    def __init__(self, app: ClientApp, run_config: dict, nodes=NODES, crash_at_train=None):
-        self.app = app
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i, "num-partitions": len(nodes)},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i, node in enumerate(nodes)
-        }
+    def __init__(self, run_config: dict, crash_at_train: int) -> None:
+        super().__init__(client_app.app, run_config, SITES, NODES)
         self.crash_at_train = crash_at_train
         self.train_batches = 0
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
 
     def send_and_receive(self, messages, timeout=None):
         messages = list(messages)
@@ -82,23 +49,12 @@ class LocalGrid:
             self.train_batches += 1
             if self.train_batches == self.crash_at_train:
                 raise CrashError
-        replies = []
-        for message in messages:
-            context = self.contexts[message.metadata.dst_node_id]
-            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
-            try:
-                reply = self.app(message_from_proto(message_to_proto(message)), context)
-            except Exception as err:  # Flower turns a raising ClientApp into an error reply
-                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
-            replies.append(message_from_proto(message_to_proto(reply)))
-        return replies
+        return super().send_and_receive(messages, timeout)
 
 
 def _run(tmp_path, grid_config: dict, **overrides) -> list[dict]:
     config = {**RUN_CONFIG, "run-dir": str(tmp_path), **grid_config, **overrides}
-    grid = LocalGrid(client_app.app, config)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
-    coordinator_app.main(grid, context)
+    run_coordinator(InProcessGrid(client_app.app, config, SITES, NODES), config)
     return read_ledger(tmp_path / config["run-name"])
 
 
@@ -135,9 +91,7 @@ def test_budget_exhaustion_refuses_the_round_records_why_and_ends_cleanly(tmp_pa
     # tell which node is which site, so it sends round 2; each site, handed its recorded
     # account, refuses before training, and the run ends again with the sites' reasons.
     config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "resume": "dp"}
-    grid = LocalGrid(client_app.app, config, nodes=[77, 88])
-    context = Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=config)
-    coordinator_app.main(grid, context)
+    run_coordinator(InProcessGrid(client_app.app, config, SITES, RESUMED_NODES), config, run_id=2)
     again = read_ledger(tmp_path / "dp")
     assert [row["round"] for row in again] == [0, 1, 2]
     refused = again[2]["privacy"]["refused"]
@@ -151,18 +105,13 @@ def test_a_resumed_run_continues_epsilon_instead_of_restarting_at_zero(tmp_path)
     whole = _run(tmp_path, dp, **{"run-name": "whole"})
 
     config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "run-name": "cut"}
-    crashing = LocalGrid(client_app.app, config, crash_at_train=3)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
     with pytest.raises(CrashError):
-        coordinator_app.main(crashing, context)
+        run_coordinator(CrashingGrid(config, crash_at_train=3), config)
     assert [row["round"] for row in read_ledger(tmp_path / "cut")] == [0, 1, 2]
     # A new federation process: new node ids, empty node states; the partitions are the same.
     resumed_config = {**config, "resume": "cut"}
-    fresh = LocalGrid(client_app.app, resumed_config, nodes=[77, 88])
-    resumed_context = Context(
-        run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=resumed_config
-    )
-    coordinator_app.main(fresh, resumed_context)
+    fresh = InProcessGrid(client_app.app, resumed_config, SITES, RESUMED_NODES)
+    run_coordinator(fresh, resumed_config, run_id=2)
     cut = read_ledger(tmp_path / "cut")
 
     assert [row["round"] for row in cut] == [0, 1, 2, 3]

@@ -6,17 +6,8 @@ stage as a ``train`` message.
 """
 
 import numpy as np
-import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import (
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.supercore.task_identity import TaskIdentity
 
 from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage
 from privacy.secagg.flower import (
@@ -27,6 +18,7 @@ from privacy.secagg.flower import (
     save_client,
     to_messages,
 )
+from simulations.in_process import InProcessGrid, serverapp_identity
 
 app = ClientApp()
 
@@ -59,45 +51,33 @@ app.query("secagg_consistency")(_stage)
 app.query("secagg_unmask")(_stage)
 
 
-def _wire(message: Message) -> Message:
-    return message_from_proto(message_to_proto(message))
+class CrashingInTraining(InProcessGrid):
+    """Node 33 crashes while training: it never answers the masked-input (train) stage.
+
+    Every other message runs the ClientApp above with the node's ``context.state`` through
+    protobuf first, as in a fresh ClientApp process per message.
+    """
+
+    def deliver(self, message: Message) -> Message | None:
+        if message.metadata.dst_node_id == 33 and message.metadata.message_type.startswith("train"):
+            return None
+        return super().deliver(message)
 
 
-@pytest.fixture
-def serverapp_identity(monkeypatch):
-    """Set the process identity Flower's ServerApp runtime sets before ``@app.main`` runs."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
-
-
-def test_a_round_through_flower_messages_and_context_state(serverapp_identity):
+def test_a_round_through_flower_messages_and_context_state():
     ids = [11, 22, 33, 44, 55]
-    contexts = {
-        node: Context(
-            run_id=1, node_id=node, node_config={"seed": i}, state=RecordDict(), run_config={}
-        )
-        for i, node in enumerate(ids)
-    }
+    grid = CrashingInTraining(app, {}, [{"seed": i} for i in range(len(ids))], ids)
     config = SecAggConfig(num_clients=len(ids), clip=1.0, max_weight=10)
     server = SecAggServer(config, ids, 32)
-    while not server.done:
-        requests = server.requests()
-        extra = None
-        if server.stage == Stage.MASKED_INPUT:  # the train message also carries train config
-            extra = {n: RecordDict({"config": ConfigRecord({"weight": 3})}) for n in requests}
-        replies = []
-        for message in to_messages(requests, group_id="1", extra=extra):
-            node = message.metadata.dst_node_id
-            if node == 33 and server.stage == Stage.MASKED_INPUT:
-                continue  # this node crashed during training
-            context = contexts[node]
-            # A fresh ClientApp process per message: the state goes through protobuf too.
-            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
-            replies.append(_wire(app(_wire(message), context)))
-        server.receive(from_replies(replies))
+    with serverapp_identity():
+        while not server.done:
+            requests = server.requests()
+            extra = None
+            if server.stage == Stage.MASKED_INPUT:  # the train message also carries train config
+                extra = {n: RecordDict({"config": ConfigRecord({"weight": 3})}) for n in requests}
+            server.receive(from_replies(grid.send_and_receive(to_messages(requests, "1", extra))))
     result = server.result()
     assert result.survivors == [11, 22, 44, 55]
     assert result.total_weight == 12
-    expected = sum(3 * _update(contexts[n]).astype(np.float64) for n in result.survivors)
+    expected = sum(3 * _update(grid.contexts[n]).astype(np.float64) for n in result.survivors)
     assert np.abs(result.weighted_sum - expected).max() <= config.step * 12

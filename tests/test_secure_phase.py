@@ -1,25 +1,16 @@
 """Secure aggregation wired into the apps, in one process: the real ClientApp handlers
-(training included) behind a Grid that delivers messages the way Flower does (through
-protobuf, with each node's `context.state` kept between messages), driven by the
-coordinator's `secure_train_phase`.
+(training included) behind `simulations.in_process.InProcessGrid`, which delivers messages
+the way Flower does (through protobuf, with each node's `context.state` kept between
+messages), driven by the coordinator's `secure_train_phase`.
 """
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import (
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
 from client.secure_aggregation import register
-from coordinator import app as coordinator_app
 from coordinator.ledger import read_ledger
 from coordinator.liveness import NotEnoughSitesError
 from coordinator.secure_phase import secure_train_phase
@@ -32,6 +23,7 @@ from fedvlm.vlm import load_peft_model
 from privacy.client_level import ClientLevelDP, update_norm
 from privacy.secagg.settings import SecureAggregationSettings
 from privacy.settings import PrivacySettings
+from simulations.in_process import InProcessGrid, run_coordinator, serverapp_identity
 from strategies import FedAvg
 
 NODES = [101, 202, 303, 404]  # complete graph, threshold 2: one dropout is tolerated
@@ -47,56 +39,25 @@ RUN_CONFIG = {
 
 
 @pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """Set the process identity Flower's ServerApp runtime sets before ``@app.main`` runs."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+def identity():
+    """Messages are built here, outside Flower's ServerApp runtime: give them its identity."""
+    with serverapp_identity():
+        yield
 
 
-def _wire(message: Message) -> Message:
-    return message_from_proto(message_to_proto(message))
-
-
-class LocalGrid:
-    """Delivers each message to a node's ClientApp in this process, as Flower would.
-
-    ``fail`` maps a message type to nodes whose ClientApp crashes on it (a dropout there).
+class LocalGrid(InProcessGrid):
+    """The four sites of ``NODES``; ``fail`` maps a message type to nodes whose ClientApp
+    crashes on it (they never answer it: a dropout at that stage).
     """
 
     def __init__(self, app: ClientApp, run_config: dict, fail: dict[str, set[int]] | None = None):
-        self.app = app
+        super().__init__(app, run_config, [{}] * len(NODES), NODES)
         self.fail = fail or {}
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i, "num-partitions": len(NODES)},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i, node in enumerate(NODES)
-        }
-        self.sent: list[str] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            self.sent.append(message.metadata.message_type)
-            if node in self.fail.get(message.metadata.message_type, set()):
-                continue
-            context = self.contexts[node]
-            context.state = recorddict_from_proto(recorddict_to_proto(context.state))
-            try:
-                reply = self.app(_wire(message), context)
-            except Exception as err:  # Flower turns a raising ClientApp into an error reply
-                reply = Message(Error(code=0, reason=str(err)), reply_to=message)
-            replies.append(_wire(reply))
-        return replies
+    def deliver(self, message: Message) -> Message | None:
+        if message.metadata.dst_node_id in self.fail.get(message.metadata.message_type, set()):
+            return None
+        return super().deliver(message)
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +230,8 @@ def test_a_site_refuses_to_send_a_plain_update_when_secure_aggregation_is_on(glo
     assert "secure-aggregation = true" in reply.error.reason
 
 
-def _coordinator_context(tmp_path, **overrides) -> Context:
-    run_config = {
+def _coordinator_config(tmp_path, **overrides) -> dict:
+    return {
         **RUN_CONFIG,
         "run-dir": str(tmp_path),
         "run-name": "secure",
@@ -279,14 +240,12 @@ def _coordinator_context(tmp_path, **overrides) -> Context:
         "node-wait-timeout": 5.0,
         **overrides,
     }
-    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
 
 
 def test_a_non_linear_strategy_is_refused_at_start_up_naming_the_keys(tmp_path):
     grid = LocalGrid(client_app.app, RUN_CONFIG)
-    context = _coordinator_context(tmp_path, strategy="median")
     with pytest.raises(ConfigError, match="strategy") as err:
-        coordinator_app.main(grid, context)
+        run_coordinator(grid, _coordinator_config(tmp_path, strategy="median"))
     assert "secure-aggregation" in str(err.value)
     assert grid.sent == []  # refused before any round
 
@@ -301,7 +260,7 @@ def test_a_federation_with_secure_aggregation_learns(tmp_path, global_adapter):
         "num-server-rounds": 3,
     }
     grid = LocalGrid(client_app.app, run_config)
-    coordinator_app.main(grid, _coordinator_context(tmp_path, **run_config))
+    run_coordinator(grid, _coordinator_config(tmp_path, **run_config))
     ledger = read_ledger(tmp_path / "secure")
     assert [row["round"] for row in ledger] == [0, 1, 2, 3]
     assert ledger[-1]["heldout_accuracy"] > ledger[0]["heldout_accuracy"] + 0.05

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Self
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
@@ -29,6 +30,24 @@ class TrainStats:
     first_loss: float
     last_loss: float
     seconds: float
+
+    @classmethod
+    def from_losses(
+        cls, losses: Sequence[float], *, steps: int, examples: int, seconds: float, **extra: Any
+    ) -> Self:
+        """Summarise the per-step losses of a round (NaN where no step had a loss).
+
+        ``extra`` fills a subclass's own fields, so plain and DP training report alike.
+        """
+        return cls(
+            steps=steps,
+            examples=examples,
+            mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+            first_loss=losses[0] if losses else float("nan"),
+            last_loss=losses[-1] if losses else float("nan"),
+            seconds=seconds,
+            **extra,
+        )
 
 
 @dataclass
@@ -101,13 +120,8 @@ def train_local(
         optimizer.step()
         losses.append(answer_loss.mean().item())
     model.eval()
-    return TrainStats(
-        steps=steps,
-        examples=len(examples),
-        mean_loss=sum(losses) / len(losses) if losses else float("nan"),
-        first_loss=losses[0] if losses else float("nan"),
-        last_loss=losses[-1] if losses else float("nan"),
-        seconds=time.perf_counter() - start,
+    return TrainStats.from_losses(
+        losses, steps=steps, examples=len(examples), seconds=time.perf_counter() - start
     )
 
 

@@ -171,12 +171,10 @@ def train_local_dp(
             for p in params:
                 p.grad = None
             model.eval()
-    return DPTrainStats(
+    return DPTrainStats.from_losses(
+        losses,
         steps=steps,
         examples=len(examples),
-        mean_loss=sum(losses) / len(losses) if losses else float("nan"),
-        first_loss=losses[0] if losses else float("nan"),
-        last_loss=losses[-1] if losses else float("nan"),
         seconds=time.perf_counter() - start,
         releases=[(float(z), float(q), int(s)) for z, q, s in engine.accountant.history],
         empty_batches=empty,

@@ -20,7 +20,7 @@ from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
 from coordinator.privacy_guard import PrivacyGuard
 from coordinator.report import build_report
-from coordinator.round_record import node_energy
+from coordinator.round_record import node_energy, peak_gpu_by_node
 from coordinator.run_folder import RunFolder
 from coordinator.secure_phase import secure_train_phase
 from coordinator.train_phase import plain_train_phase
@@ -199,6 +199,7 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_down": trained.bytes_down,
             "bytes_up": sum(trained.bytes_up.values()),
             "energy": energy_so_far,
+            "peak_gpu_mb": peak_gpu_by_node(trained.replies),
             "seconds": time.perf_counter() - started,
             "privacy": guard.ledger_block(),
         }

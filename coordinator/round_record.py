@@ -36,3 +36,14 @@ def node_energy(*phases: Iterable[Message]) -> dict[str, EnergyReading]:
             reading = metrics_to_reading(message.content[contract.METRICS])
             readings[node] = add_readings(readings[node], reading) if node in readings else reading
     return readings
+
+
+def peak_gpu_by_node(replies: Iterable[Message]) -> dict[str, float]:
+    """Each training node's peak GPU memory this round (MiB; 0 on a CPU node)."""
+    return {
+        str(m.metadata.src_node_id): float(m.content[contract.METRICS][contract.PEAK_GPU_MB])
+        for m in replies
+        if not m.has_error()
+        and contract.METRICS in m.content
+        and contract.PEAK_GPU_MB in m.content[contract.METRICS]
+    }

@@ -24,6 +24,7 @@ def test_smoke_federation_writes_a_loadable_run_folder(tmp_path):
         assert len(row["sites"]) == 2, row
         assert row["bytes_up"] > 0 and row["bytes_down"] > 0
         assert 0.0 <= row["heldout_accuracy"] <= 1.0
+        assert list(row["peak_gpu_mb"].values()) == [0.0, 0.0]  # both sites, on CPU
     assert (run_dir / "ledger.csv").read_text().startswith("")
     meta = json.loads((run_dir / "run.json").read_text())
     assert "ended" in meta

@@ -3,14 +3,13 @@
 import json
 
 import pytest
-import torch
+from lora_start import b_moved_off_zero
 
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import DataError
 from fedvlm.lora import apply_lora
-from fedvlm.lora_factors import factor_of
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_base, load_peft_model
 from simulations.baselines import compute_baselines, main
@@ -40,11 +39,7 @@ def run_dir(tmp_path):
     (path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, _ = load_peft_model(RUN.base_model, RUN.lora)
     before = get_adapter_state(model)
-    generator = torch.Generator().manual_seed(11)
-    final = {
-        k: t + 0.05 * torch.randn(t.shape, generator=generator) if factor_of(k) == "B" else t
-        for k, t in before.items()
-    }
+    final = b_moved_off_zero(before, seed=11)
     set_adapter_state(model, final)
     model.save_pretrained(path / "adapter")
     set_adapter_state(model, before)

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
+from lora_start import b_moved_off_zero
 
 from client import app as client_app
 from client.lora_site import at_rank
@@ -32,6 +30,7 @@ from fedvlm.errors import ConfigError
 from fedvlm.lora_factors import exchanged_keys, factor_of, lora_pairs
 from fedvlm.training import take
 from fedvlm.vlm import load_peft_model
+from simulations.in_process import over_the_wire
 from strategies import build_strategy
 from strategies.settings import StrategySettings
 
@@ -46,23 +45,14 @@ RUN_CONFIG = {
 RUN = RunSettings.from_config(RUN_CONFIG)
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """The process identity Flower's ServerApp runtime sets (messages are built here)."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # messages are built here
 
 
 @pytest.fixture(scope="module")
 def global_adapter() -> Adapter:
     """The run's initial adapter with B moved off zero, so A gets gradients from step 1."""
     model, _ = load_peft_model(RUN.base_model, RUN.lora)
-    generator = torch.Generator().manual_seed(7)
-    return {
-        k: t + 0.05 * torch.randn(t.shape, generator=generator) if factor_of(k) == "B" else t
-        for k, t in get_adapter_state(model).items()
-    }
+    return b_moved_off_zero(get_adapter_state(model), seed=7)
 
 
 def _context(node: int, partition: int, run_config=None, **node_config) -> Context:
@@ -93,8 +83,7 @@ def _train_message(global_adapter: Adapter, node: int, **config) -> Message:
 
 def _deliver(message: Message, context: Context) -> Message:
     """Through protobuf both ways, as Flower delivers it."""
-    reply = client_app.app(message_from_proto(message_to_proto(message)), context)
-    return message_from_proto(message_to_proto(reply))
+    return over_the_wire(client_app.app(over_the_wire(message), context))
 
 
 def _update(reply: Message) -> dict[str, np.ndarray]:

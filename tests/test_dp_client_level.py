@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.privacy_guard import PrivacyGuard
 from fedvlm import contract
@@ -53,11 +51,8 @@ def test_clip_update_scales_to_the_bound_and_keeps_small_updates():
     assert torch.equal(small["a"], torch.full((2,), 0.1))
 
 
-def test_sites_weigh_one_each_and_an_unclipped_update_is_rejected(monkeypatch):
+def test_sites_weigh_one_each_and_an_unclipped_update_is_rejected(serverapp_identity):
     """Example counts 10 and 1000 must not weight the mean: the sensitivity is C per site."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower's ServerApp runtime sets
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
     settings = PrivacySettings.from_config(CONFIG)
     strategy = FedAvg(min_train_nodes=2, min_available_nodes=2)
     guard = PrivacyGuard(settings, RunSettings(num_rounds=3), strategy)

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
+from lora_start import b_moved_off_zero
 from PIL import Image
 
 from client import app as client_app
@@ -25,7 +23,6 @@ from fedvlm.cli import main
 from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
 from fedvlm.explain import load_adapter, saliency
-from fedvlm.lora_factors import factor_of
 from fedvlm.vlm import load_peft_model
 
 RUN = RunSettings.from_config({})
@@ -59,15 +56,8 @@ def site_folder(tmp_path_factory) -> Path:
 def adapter_dir(tmp_path_factory) -> Path:
     """A saved run adapter (PEFT folder) with B moved off zero, so answers depend on LoRA."""
     model, _ = load_peft_model(RUN.base_model, RUN.lora)
-    generator = torch.Generator().manual_seed(5)
     before = get_adapter_state(model)
-    set_adapter_state(
-        model,
-        {
-            k: t + 0.05 * torch.randn(t.shape, generator=generator) if factor_of(k) == "B" else t
-            for k, t in before.items()
-        },
-    )
+    set_adapter_state(model, b_moved_off_zero(before, seed=5))
     path = tmp_path_factory.mktemp("run") / "adapter"
     model.save_pretrained(path)
     set_adapter_state(model, before)  # the cached model is shared with other tests
@@ -130,13 +120,6 @@ def test_explain_writes_only_under_out_and_opens_no_connection(
     assert _tree(adapter_dir.parent) == watched[adapter_dir.parent]
     outside = {k: v for k, v in _tree(tmp_path).items() if not k.startswith("site-private/")}
     assert outside == watched[tmp_path]  # nothing written beside the output folder
-
-
-@pytest.fixture
-def serverapp_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
 
 
 def test_no_explanation_reaches_a_reply(site_folder, adapter_dir, tmp_path, serverapp_identity):

@@ -10,7 +10,6 @@ that holds a file path, a file name, a question, an answer or a subgroup attribu
 from collections.abc import Callable
 
 import numpy as np
-import pytest
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -20,9 +19,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app
 from fedvlm import contract
@@ -49,14 +46,6 @@ def capture_mod(sent: list[Message]) -> Callable:
         return reply
 
     return mod
-
-
-@pytest.fixture
-def serverapp_identity(monkeypatch):
-    """The process identity Flower's runtime sets, so messages can be built in-process."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
 
 
 def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, tmp_path):

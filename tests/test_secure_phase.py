@@ -23,7 +23,7 @@ from fedvlm.vlm import load_peft_model
 from privacy.client_level import ClientLevelDP, update_norm
 from privacy.secagg.settings import SecureAggregationSettings
 from privacy.settings import PrivacySettings
-from simulations.in_process import InProcessGrid, run_coordinator, serverapp_identity
+from simulations.in_process import InProcessGrid, run_coordinator
 from strategies import FedAvg
 
 NODES = [101, 202, 303, 404]  # complete graph, threshold 2: one dropout is tolerated
@@ -38,11 +38,7 @@ RUN_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def identity():
-    """Messages are built here, outside Flower's ServerApp runtime: give them its identity."""
-    with serverapp_identity():
-        yield
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # messages are built here
 
 
 class LocalGrid(InProcessGrid):

@@ -8,11 +8,8 @@ subgroup's accuracy never leaves the site, not even by subtraction from the othe
 import math
 
 import pytest
-import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
+from lora_start import b_moved_off_zero
 from PIL import Image
 
 from client import app as client_app
@@ -23,7 +20,6 @@ from fedvlm.adapter import Adapter, adapter_to_arrayrecord, get_adapter_state, s
 from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
-from fedvlm.lora_factors import factor_of
 from fedvlm.site_metrics import (
     GROUP_ACC,
     GROUP_N,
@@ -37,6 +33,7 @@ from fedvlm.site_metrics import (
 )
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_peft_model
+from simulations.in_process import over_the_wire
 
 RUN_CONFIG = {
     "batch-size": 4,
@@ -50,23 +47,14 @@ RUN = RunSettings.from_config(RUN_CONFIG)
 NODES = {11: 0, 22: 1, 33: 2}  # node id -> partition
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """The process identity Flower's ServerApp runtime sets (messages are built here)."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # messages are built here
 
 
 @pytest.fixture(scope="module")
 def global_adapter() -> Adapter:
     """An adapter with B moved off zero, so sites score differently from the base."""
     model, _ = load_peft_model(RUN.base_model, RUN.lora)
-    generator = torch.Generator().manual_seed(3)
-    return {
-        k: t + 0.05 * torch.randn(t.shape, generator=generator) if factor_of(k) == "B" else t
-        for k, t in get_adapter_state(model).items()
-    }
+    return b_moved_off_zero(get_adapter_state(model), seed=3)
 
 
 def _context(node: int, run_config=None) -> Context:
@@ -83,10 +71,7 @@ def _evaluate(adapter: Adapter, node: int, run_config=None) -> Message:
     content = RecordDict({contract.ARRAYS: adapter_to_arrayrecord(adapter)})
     content[contract.CONFIG] = ConfigRecord({contract.SERVER_ROUND: 1})
     message = Message(content, dst_node_id=node, message_type="evaluate")
-    reply = client_app.app(
-        message_from_proto(message_to_proto(message)), _context(node, run_config)
-    )
-    return message_from_proto(message_to_proto(reply))
+    return over_the_wire(client_app.app(over_the_wire(message), _context(node, run_config)))
 
 
 def _site(node: int):

@@ -32,11 +32,11 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
 from client import app as client_app
+from client.site_data import load_site
 from coordinator.ledger import read_ledger
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.batching import answer_loss, encode, score
-from fedvlm.config import RunSettings
-from fedvlm.data.partition import synthetic_site
+from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.training import take
 from fedvlm.vlm import load_peft_model
 from simulations.in_process import InProcessGrid, run_coordinator
@@ -105,7 +105,7 @@ def _time_steps(model, batch, mode: str | None, steps: int) -> list[float]:
 def step_time_table(run: RunSettings, batch_size: int, repeats: int, steps: int) -> None:
     """Table 1: DP / non-DP step time per Opacus mode, interleaved blocks, medians."""
     model, processor = load_peft_model(run.base_model, run.lora)
-    site = _site(run, 0, 1)
+    site = load_site(NodeSettings(partition_id=0, num_partitions=1), run.simulation, run.seed)
     batch = encode(processor, site.train[:batch_size])
     batch = take(batch, torch.arange(batch_size))
     samples: dict[str | None, list[float]] = {None: [], **{m: [] for m in MODES}}
@@ -130,19 +130,6 @@ def step_time_table(run: RunSettings, batch_size: int, repeats: int, steps: int)
         else:
             median = statistics.median(samples[mode])
             print(f"| {mode:<9} | {median:7.3f} | {median / plain:8.2f}x |")
-
-
-def _site(run: RunSettings, site_id: int, num_sites: int):
-    sim = run.simulation
-    return synthetic_site(
-        site_id,
-        num_sites,
-        n_train=sim.examples_per_site,
-        n_val=sim.val_examples_per_site,
-        label_alpha=sim.label_alpha,
-        acquisition_skew=sim.acquisition_skew,
-        seed=run.seed,
-    )
 
 
 def accuracy_table(

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from client.site_data import load_site
 from coordinator.html_report import BASELINES_JSON
 from coordinator.report import build_report
 from fedvlm.adapter import get_adapter_state, set_adapter_state
-from fedvlm.config import RunSettings
-from fedvlm.data.partition import synthetic_site
+from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.errors import DataError, FedVLMError
 from fedvlm.ledger_schema import load_run, summarize
 from fedvlm.lora import apply_lora
@@ -71,18 +71,10 @@ def compute_baselines(
     # adapter may have been overwritten by whoever used it last in this process.
     initial = get_adapter_state(apply_lora(load_base(settings.base_model)[0], settings.lora))
     final = load_file(str(run_dir / ADAPTER_FILE))
-    sim = settings.simulation
     sites = {}
     for k in range(num_sites):
-        site = synthetic_site(
-            k,
-            num_sites,
-            n_train=sim.examples_per_site,
-            n_val=sim.val_examples_per_site,
-            label_alpha=sim.label_alpha,
-            acquisition_skew=sim.acquisition_skew,
-            seed=settings.seed,
-        )
+        node = NodeSettings(partition_id=k, num_partitions=num_sites)
+        site = load_site(node, settings.simulation, settings.seed)
         set_adapter_state(model, final)
         federated = evaluate(model, processor, site.val)
         tuned = personalised(

@@ -92,7 +92,8 @@ def _strategy():
     return FedAvg(min_train_nodes=2, min_available_nodes=2)
 
 
-def _phase(grid, global_adapter, **kwargs):
+def _phase(grid, global_adapter, run_config=RUN_CONFIG, **kwargs):
+    """One secure round on ``grid``; the coordinator's settings come from ``run_config``."""
     return secure_train_phase(
         _strategy(),
         grid,
@@ -102,7 +103,7 @@ def _phase(grid, global_adapter, **kwargs):
         timeout=10,
         min_replies=2,
         meter=EnergyMeter(EnergySettings(enabled=False)),
-        settings=SecureAggregationSettings.from_config(RUN_CONFIG),
+        settings=SecureAggregationSettings.from_config(run_config),
         **kwargs,
     )
 
@@ -190,19 +191,8 @@ def test_sites_refuse_a_coordinator_that_lowers_the_threshold(global_adapter, ca
     app, seen = _capturing_app()
     weaker = {**RUN_CONFIG, "secagg-degree": 2, "secagg-threshold": 2}
     sites = LocalGrid(app, RUN_CONFIG)  # the sites' own run config: complete graph, t = 2
-    coordinator_settings = SecureAggregationSettings.from_config(weaker)
     with pytest.raises(NotEnoughSitesError):
-        secure_train_phase(
-            _strategy(),
-            sites,
-            1,
-            global_adapter,
-            _train_config(),
-            timeout=10,
-            min_replies=2,
-            meter=EnergyMeter(EnergySettings(enabled=False)),
-            settings=coordinator_settings,
-        )
+        _phase(sites, global_adapter, weaker)
     assert seen == {}  # nobody trained, nothing was masked
     refusals = [r for r in caplog.records if "refuses secure-aggregation stage" in r.message]
     assert len(refusals) == len(NODES)
@@ -298,18 +288,7 @@ def test_client_level_dp_composes_unit_weights_clipped_before_masking_noise_on_t
         summed_sites.append(num_sites)
         return dp.add_noise(update_sum, num_sites, rate)
 
-    outcome = secure_train_phase(
-        _strategy(),
-        grid,
-        1,
-        global_adapter,
-        _train_config(),
-        timeout=10,
-        min_replies=2,
-        meter=EnergyMeter(EnergySettings(enabled=False)),
-        settings=SecureAggregationSettings.from_config(run_config),
-        add_noise=add_noise,
-    )
+    outcome = _phase(grid, global_adapter, run_config, add_noise=add_noise)
     assert summed_sites == [len(NODES)] and dp.history.steps == 1
     # The same noise, drawn again in the same (sorted) order, on the clear sum of the
     # clipped updates, each with weight 1 whatever its example count.

@@ -10,7 +10,6 @@ copy loads back through ``fedvlm.vlm.load_base`` exactly like a hub checkpoint w
 from collections.abc import Callable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
@@ -42,7 +41,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from fedvlm.embedded.shapes import vocabulary_text
+from fedvlm.embedded.build import train_tokenizer
 from fedvlm.families import QwenImageTextProcessor
 
 IMAGE = 32  # pixels per side of every test image
@@ -51,18 +50,8 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_att
 
 
 def tokenizer(special: list[str], template: str | None, **kwargs) -> PreTrainedTokenizerFast:
-    """A byte-level BPE over the shapes task's words, ``special`` tokens first (ids 0, 1, ...)."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(vocabulary_text() * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, chat_template=template, **kwargs)
+    """The embedded build's locally trained BPE, ``special`` tokens first (ids 0, 1, ...)."""
+    return train_tokenizer(special, template, **kwargs)
 
 
 def _turns(user: str, assistant: str, end: str, image: str, generation: str) -> str:

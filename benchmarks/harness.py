@@ -1,7 +1,7 @@
 """Shared by the engine benchmarks: run a scenario through Flower's engine, timed and sampled.
 
 `simulated_run` is what bench_scale and bench_overhead measure: the real
-`python -m fedvlm simulate` path (own SuperLink, `flwr run`, Ray actors), with a background
+`fedvlm simulate` path (own SuperLink, `flwr run`, Ray actors), with a background
 sampler of every process's RSS (simulations/memory.py) and the moments each ledger row
 appeared, so engine start-up, the first round and the steady rounds can be told apart.
 """

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-from fedvlm.cli import main
+from cli.main import main
 from fedvlm.credentials import CredentialsError, make_credentials, make_site_key
 
 

@@ -104,7 +104,8 @@ def federation_files(tmp_path_factory):
 
 
 def fedvlm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedvlm", *args]
+    """The installed `fedvlm` console script with ``args``, exactly as a user runs it."""
+    return [str(Path(sys.executable).parent / "fedvlm"), *args]
 
 
 def coordinator_args(creds, state_dir: Path, port: int, run_dir: Path, **extra) -> list[str]:

@@ -16,10 +16,10 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from lora_start import b_moved_off_zero
 from PIL import Image
 
+from cli.main import main
 from client import app as client_app
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state, set_adapter_state
-from fedvlm.cli import main
 from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
 from fedvlm.explain import load_adapter, saliency

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from client.launch import NodeOptions, node_config_text, supernode_command
 from coordinator.launch import CoordinatorOptions, superlink_command, with_run_folder
-from fedvlm.cli import main
 from fedvlm.credentials import make_credentials
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site

@@ -1,17 +1,18 @@
 """The deployment subcommands of `fedvlm`: credentials, coordinator, node, check-data.
 
-Kept apart from `fedvlm.cli` so the dispatcher stays short; like it, each handler imports
-the package doing the work (coordinator, client) only when it runs, so importing `fedvlm`
-pulls in no other package of the project.
+Kept apart from `cli.main` so the dispatcher stays short. The command line is the top layer
+of the project, so it imports the coordinator and client launchers it dispatches to directly.
 """
 
 import argparse
-import importlib
 import json
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from client.launch import NodeOptions, check_data, run_node
+from coordinator.launch import PROJECT_ROOT, CoordinatorOptions, run_coordinator
+from fedvlm.credentials import make_credentials, make_site_key
 from fedvlm.errors import FedVLMError
 
 
@@ -25,17 +26,15 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict:
 
 
 def _credentials(args: argparse.Namespace) -> int:
-    from fedvlm import credentials
-
     if args.sites_only:  # a new site joins: its key pair only, CA and server untouched
         for site in args.site:
-            private, public = credentials.make_site_key(
+            private, public = make_site_key(
                 Path(args.out).expanduser(), site, force=args.force
             )
             print(f"fedvlm: site {site} gets {private} (secret, 0600); register {public}")
         return 0
     hosts = list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"]))
-    made = credentials.make_credentials(
+    made = make_credentials(
         args.out, hosts=hosts, sites=args.site, force=args.force, days=args.days
     )
     print(f"fedvlm: wrote credentials to {made.folder} (certificate names: {', '.join(hosts)})")
@@ -48,7 +47,6 @@ def _credentials(args: argparse.Namespace) -> int:
 
 
 def _coordinator(args: argparse.Namespace) -> int:
-    launch = importlib.import_module("coordinator.launch")
     run_config = parse_pairs(args.run_config, "--run-config")
     if args.resume:
         run_config["resume"] = args.resume
@@ -56,7 +54,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     credentials = Path(args.credentials).expanduser().resolve() if args.credentials else None
     if credentials is not None and not keys and not args.insecure:
         keys = sorted(credentials.glob("*.pub"))
-    options = launch.CoordinatorOptions(
+    options = CoordinatorOptions(
         credentials=credentials,
         site_keys=keys,
         state_dir=Path(args.state_dir).expanduser().resolve(),
@@ -65,18 +63,17 @@ def _coordinator(args: argparse.Namespace) -> int:
         run_config=run_config,
         insecure=args.insecure,
         keep_running=args.keep_running,
-        project=Path(args.project).expanduser().resolve() if args.project else launch.PROJECT_ROOT,
+        project=Path(args.project).expanduser().resolve() if args.project else PROJECT_ROOT,
     )
-    folder = launch.run_coordinator(options)
+    folder = run_coordinator(options)
     print(f"fedvlm: run folder {folder}")
     return 0
 
 
 def _node(args: argparse.Namespace) -> int:
-    launch = importlib.import_module("client.launch")
     settings = parse_pairs(args.node_config, "--node-config")
     settings.setdefault("torch-threads", args.torch_threads)
-    options = launch.NodeOptions(
+    options = NodeOptions(
         superlink=args.superlink,
         data_path=Path(args.data).expanduser().resolve(),
         root_certificates=Path(args.ca_cert).expanduser().resolve() if args.ca_cert else None,
@@ -85,12 +82,11 @@ def _node(args: argparse.Namespace) -> int:
         port=args.port,
         insecure=args.insecure,
     )
-    return launch.run_node(options)
+    return run_node(options)
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    launch = importlib.import_module("client.launch")
-    summary = launch.check_data(Path(args.path).expanduser())
+    summary = check_data(Path(args.path).expanduser())
     print(json.dumps(summary, indent=2))
     print(f"fedvlm: {args.path} is a valid site folder")
     return 0

@@ -1,36 +1,36 @@
 """The `fedvlm` command: the three user jobs and the tools around them.
 
-This module is a dispatcher: each subcommand imports the package that does the work only
-when it runs (simulations, coordinator), so that importing `fedvlm` as a library still
-pulls in no other package of the project (DESIGN.md's import rule holds for library code).
+The command line is the top layer of the project (see `[tool.importlinter]` in
+pyproject.toml): it imports what each subcommand dispatches to (simulations, coordinator,
+client, the core) and nothing imports it, so the core `fedvlm` stays free of upward arrows.
 """
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedvlm.deploy_cli import add_deploy_commands, parse_pairs
+from cli.deploy import add_deploy_commands, parse_pairs
+from cli.explain import add_explain_command
+from coordinator.report import build_report
 from fedvlm.errors import FedVLMError
-from fedvlm.explain_cli import add_explain_command
+from simulations.baselines import write_baselines
+from simulations.runner import run_scenario
+from simulations.scenario import Scenario
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    scenario_mod = importlib.import_module("simulations.scenario")
-    runner = importlib.import_module("simulations.runner")
-    scenario = scenario_mod.Scenario.load(args.scenario)
+    scenario = Scenario.load(args.scenario)
     overrides = parse_pairs(args.run_config, "--run-config")
-    run_dir = runner.run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
+    run_dir = run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
     if args.baselines:  # what each site reaches alone, beside what federation gave it
-        importlib.import_module("simulations.baselines").write_baselines(run_dir)
+        write_baselines(run_dir)
     print(f"fedvlm: run folder {run_dir}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    report = importlib.import_module("coordinator.report")
-    report.build_report(Path(args.run_dir))
+    build_report(Path(args.run_dir))
     print(f"fedvlm: report rebuilt in {args.run_dir}")
     return 0
 

@@ -35,16 +35,10 @@ from fedvlm.adapter import (
     subtract,
 )
 from fedvlm.config import NodeSettings, RunSettings, read
+from fedvlm.contract.eval_keys import PERSONALISED_ACCURACY, PERSONALISED_LOSS, PERSONALISED_STEPS
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
-from fedvlm.site_metrics import (
-    PERSONALISED_ACCURACY,
-    PERSONALISED_LOSS,
-    PERSONALISED_STEPS,
-    EvalSettings,
-    personalised,
-    site_metrics,
-)
+from fedvlm.site_metrics import EvalSettings, personalised, site_metrics
 from fedvlm.vlm import load_peft_model
 from privacy.site_account import SiteRefusalError, refusal_reply
 

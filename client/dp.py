@@ -14,10 +14,10 @@ from flwr.app import Context
 from fedvlm import contract
 from fedvlm.adapter import Adapter
 from fedvlm.config import RunSettings
+from fedvlm.contract import dp_keys
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
 from fedvlm.training import TrainStats, train_local
-from privacy import keys
 from privacy.client_level import clip_update
 from privacy.dp_sgd import require_per_example_gradients, train_local_dp
 from privacy.settings import PrivacySettings
@@ -56,7 +56,7 @@ def train_with_privacy(
             lr=lr,
             batch_size=batch_size,
             seed=seed,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            proximal_mu=float(config.get(contract.PROXIMAL_MU, 0.0)),
             reference=reference,
         )
         return stats, {}
@@ -67,7 +67,7 @@ def train_with_privacy(
         require_per_example_gradients(model)
     except ConfigError as err:
         metrics = {contract.NUM_EXAMPLES: len(examples), **account.metrics(0)}
-        raise SiteRefusalError(keys.MISCONFIGURED, err, metrics) from err
+        raise SiteRefusalError(dp_keys.MISCONFIGURED, err, metrics) from err
     plan = account.begin_round(
         num_examples=len(examples),
         batch_size=batch_size,
@@ -87,7 +87,7 @@ def train_with_privacy(
     account.record(stats.releases)
     account.save(context.state)
     metrics = account.metrics(run.num_rounds * steps)
-    return stats, {**metrics, keys.EMPTY_BATCHES: stats.empty_batches}
+    return stats, {**metrics, dp_keys.EMPTY_BATCHES: stats.empty_batches}
 
 
 def protect_update(run_config: Mapping[str, Any], update: Adapter) -> Adapter:

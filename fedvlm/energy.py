@@ -32,6 +32,18 @@ from enum import IntEnum
 from functools import cache
 from typing import Any
 
+from fedvlm.contract.energy_keys import (
+    METRIC_COUNTRY,
+    METRIC_CPU_KWH,
+    METRIC_EMISSIONS_KG,
+    METRIC_GPU_KWH,
+    METRIC_INTENSITY,
+    METRIC_KWH,
+    METRIC_METHOD,
+    METRIC_RAM_KWH,
+    METRIC_RAM_WATTS,
+    METRIC_SECONDS,
+)
 from fedvlm.errors import ConfigError, FedVLMError
 
 log = logging.getLogger(__name__)
@@ -53,18 +65,6 @@ KEY_COUNTRY = "country-iso-code"
 KEY_INTENSITY = "carbon-intensity"
 KEY_NETWORK_KWH_PER_GB = "network-kwh-per-gb"
 PREFIX_COORDINATOR = "coordinator-"
-
-# Keys of the energy scalars in a node's train / evaluate MetricRecord.
-METRIC_KWH = "energy-kwh"
-METRIC_CPU_KWH = "energy-cpu-kwh"
-METRIC_GPU_KWH = "energy-gpu-kwh"
-METRIC_RAM_KWH = "energy-ram-kwh"
-METRIC_RAM_WATTS = "energy-ram-watts"
-METRIC_EMISSIONS_KG = "emissions-kg"
-METRIC_SECONDS = "energy-seconds"
-METRIC_INTENSITY = "carbon-intensity"
-METRIC_METHOD = "energy-method"
-METRIC_COUNTRY = "energy-country"
 
 _SOURCE_EXPLICIT = "explicit"
 _SOURCE_FALLBACK = "world average (fallback)"

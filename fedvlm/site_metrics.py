@@ -1,11 +1,11 @@
 """What a site reports about its own validation split, and how the coordinator reads it back.
 
-Both sides of the federated evaluation use this module, so the MetricRecord keys are defined
-once (like ``fedvlm.contract``). A site sends scalars only: its loss and accuracy, per question
-type the count and accuracy, and per subgroup (a value of an optional attribute field of its
-``metadata.jsonl``, e.g. ``scanner=B``) the count and, only when the group is large enough,
-the accuracy. A group below ``eval-min-subgroup`` examples is *suppressed*: its count travels,
-its accuracy never does.
+Both sides of the federated evaluation use this module; its MetricRecord keys are part of the
+message contract (``fedvlm.contract.eval_keys``). A site sends scalars only: its loss and
+accuracy, per question type the count and accuracy, and per subgroup (a value of an optional
+attribute field of its ``metadata.jsonl``, e.g. ``scanner=B``) the count and, only when the
+group is large enough, the accuracy. A group below ``eval-min-subgroup`` examples is
+*suppressed*: its count travels, its accuracy never does.
 
 Suppression alone is not enough: with the site's overall accuracy and every other group's
 accuracy known, a single suppressed group's accuracy is a subtraction away. So the smallest
@@ -24,6 +24,14 @@ from transformers import PreTrainedModel, ProcessorMixin
 from fedvlm import contract
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.config import read
+from fedvlm.contract.eval_keys import (
+    GROUP_ACC,
+    GROUP_N,
+    PERSONALISED_ACCURACY,
+    PERSONALISED_LOSS,
+    TYPE_ACC,
+    TYPE_N,
+)
 from fedvlm.data.example import VQAExample
 from fedvlm.training import EvalStats, evaluate, train_local
 
@@ -31,15 +39,6 @@ from fedvlm.training import EvalStats, evaluate, train_local
 MIN_SUBGROUP_KEY = "eval-min-subgroup"
 PERSONALISE_STEPS_KEY = "eval-personalise-steps"
 DEFAULT_MIN_SUBGROUP = 10
-
-# MetricRecord keys. Per-type and per-group keys carry their name after a slash.
-TYPE_ACC = "eval-acc/type/"
-TYPE_N = "eval-n/type/"
-GROUP_ACC = "eval-acc/group/"  # + "<field>=<value>", present only when not suppressed
-GROUP_N = "eval-n/group/"
-PERSONALISED_ACCURACY = "eval-personalised-accuracy"
-PERSONALISED_LOSS = "eval-personalised-loss"
-PERSONALISED_STEPS = "eval-personalised-steps"
 
 UNTYPED = "untyped"  # name of the question type of examples that have none
 MISSING = "(missing)"  # value of a field an example does not carry

@@ -6,7 +6,7 @@ resumed run hand each site its history back (ε never restarts at zero), and the
 cleanly when every site has refused for lack of budget.
 
 A reply under sample-level DP is one of: a trained update with its account, a refusal
-(`keys.REFUSED`), or a reply without an account, which is dropped (fail-closed: an update
+(`dp_keys.REFUSED`), or a reply without an account, which is dropped (fail-closed: an update
 not produced by DP-SGD must not enter a DP run).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 from flwr.app import Message
 
 from fedvlm import contract
+from fedvlm.contract import dp_keys
 from fedvlm.errors import ConfigError
-from privacy import keys
 from privacy.accounting import PrivacyHistory
 from privacy.settings import SampleLevelSettings
 
@@ -52,19 +52,19 @@ class SampleLevelLedger:
         self.sites: dict[int, SiteReport] = {}
 
     def known_config(self) -> dict[str, list[int] | list[float]]:
-        """The histories, flattened for the train ConfigRecord (see `privacy.keys`)."""
+        """The histories, flattened for the train ConfigRecord (see `fedvlm.contract.dp_keys`)."""
         flat: dict[str, list] = {
-            keys.KNOWN_SITE: [],
-            keys.KNOWN_NOISE: [],
-            keys.KNOWN_RATE: [],
-            keys.KNOWN_STEPS: [],
+            dp_keys.KNOWN_SITE: [],
+            dp_keys.KNOWN_NOISE: [],
+            dp_keys.KNOWN_RATE: [],
+            dp_keys.KNOWN_STEPS: [],
         }
         for site, report in sorted(self.sites.items()):
             for noise, rate, steps in report.history.releases:
-                flat[keys.KNOWN_SITE].append(site)
-                flat[keys.KNOWN_NOISE].append(noise)
-                flat[keys.KNOWN_RATE].append(rate)
-                flat[keys.KNOWN_STEPS].append(steps)
+                flat[dp_keys.KNOWN_SITE].append(site)
+                flat[dp_keys.KNOWN_NOISE].append(noise)
+                flat[dp_keys.KNOWN_RATE].append(rate)
+                flat[dp_keys.KNOWN_STEPS].append(steps)
         return flat
 
     def predicted_refusals(self, node_ids: Iterable[int], local_steps: int) -> list[Refusal]:
@@ -115,22 +115,22 @@ class SampleLevelLedger:
                 continue
             node = reply.metadata.src_node_id
             metrics = reply.content.metric_records.get(contract.METRICS, {})
-            if keys.SITE not in metrics:
+            if dp_keys.SITE not in metrics:
                 refusals.append(
                     Refusal(node, None, "update without a DP-SGD account: not used in a DP run")
                 )
                 continue
-            site = int(metrics[keys.SITE])
+            site = int(metrics[dp_keys.SITE])
             self._record(node, site, metrics)
-            code = int(metrics.get(keys.REFUSED, keys.TRAINED))
-            if code == keys.TRAINED:
+            code = int(metrics.get(dp_keys.REFUSED, dp_keys.TRAINED))
+            if code == dp_keys.TRAINED:
                 trained.append(reply)
                 continue
-            refusal = reply.content.config_records.get(keys.REFUSAL, {})
-            reason = str(refusal.get(keys.REASON, "refused"))
-            if code == keys.MISCONFIGURED:
+            refusal = reply.content.config_records.get(dp_keys.REFUSAL, {})
+            reason = str(refusal.get(dp_keys.REASON, "refused"))
+            if code == dp_keys.MISCONFIGURED:
                 raise ConfigError(
-                    str(refusal.get("key", "dp-mode")) or "dp-mode",
+                    str(refusal.get(dp_keys.REFUSAL_KEY, "dp-mode")) or "dp-mode",
                     f"site {site} (node {node}) cannot train privately: {reason}",
                 )
             refusals.append(Refusal(node, site, reason))
@@ -139,19 +139,19 @@ class SampleLevelLedger:
     def _record(self, node: int, site: int, metrics: Mapping[str, Any]) -> None:
         history = PrivacyHistory.from_lists(
             self.settings.accountant,
-            metrics.get(keys.HISTORY_NOISE, []),
-            metrics.get(keys.HISTORY_RATE, []),
-            metrics.get(keys.HISTORY_STEPS, []),
+            metrics.get(dp_keys.HISTORY_NOISE, []),
+            metrics.get(dp_keys.HISTORY_RATE, []),
+            metrics.get(dp_keys.HISTORY_STEPS, []),
         )
         known = self.sites.get(site)
         if known is not None and known.history.steps > history.steps:
             history = known.history  # a site cannot lower what was already recorded
         self.sites[site] = SiteReport(
             node_id=node,
-            epsilon=float(metrics.get(keys.EPSILON, 0.0)),
-            projected_epsilon=float(metrics.get(keys.PROJECTED_EPSILON, 0.0)),
-            noise_multiplier=float(metrics.get(keys.NOISE_MULTIPLIER, 0.0)),
-            sample_rate=float(metrics.get(keys.SAMPLE_RATE, 0.0)),
+            epsilon=float(metrics.get(dp_keys.EPSILON, 0.0)),
+            projected_epsilon=float(metrics.get(dp_keys.PROJECTED_EPSILON, 0.0)),
+            noise_multiplier=float(metrics.get(dp_keys.NOISE_MULTIPLIER, 0.0)),
+            sample_rate=float(metrics.get(dp_keys.SAMPLE_RATE, 0.0)),
             history=history,
         )
 

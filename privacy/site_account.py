@@ -18,8 +18,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedvlm import contract
+from fedvlm.contract import dp_keys
 from fedvlm.errors import ConfigError, FedVLMError
-from privacy import keys
 from privacy.accounting import BudgetExhaustedError, PrivacyHistory, calibrate_noise
 from privacy.dp_sgd import poisson_sample_rate
 from privacy.settings import SampleLevelSettings, check_delta
@@ -32,22 +32,22 @@ def site_key(node_config: Mapping[str, Any], node_id: int) -> int:
     return int(partition) if partition is not None else int(node_id)
 
 
-def _from_record(record: Mapping[str, Any], accountant: str, prefix: str) -> PrivacyHistory:
+def _from_record(record: Mapping[str, Any], accountant: str) -> PrivacyHistory:
     return PrivacyHistory.from_lists(
         accountant,
-        list(record.get(prefix + "noise", [])),
-        list(record.get(prefix + "rate", [])),
-        list(record.get(prefix + "steps", [])),
+        list(record.get(dp_keys.STATE_NOISE, [])),
+        list(record.get(dp_keys.STATE_RATE, [])),
+        list(record.get(dp_keys.STATE_STEPS, [])),
     )
 
 
 def known_history(config: Mapping[str, Any], site: int, accountant: str) -> PrivacyHistory:
     """This site's releases as the coordinator recorded them (from the train ConfigRecord)."""
     entries = zip(
-        config.get(keys.KNOWN_SITE, []),
-        config.get(keys.KNOWN_NOISE, []),
-        config.get(keys.KNOWN_RATE, []),
-        config.get(keys.KNOWN_STEPS, []),
+        config.get(dp_keys.KNOWN_SITE, []),
+        config.get(dp_keys.KNOWN_NOISE, []),
+        config.get(dp_keys.KNOWN_RATE, []),
+        config.get(dp_keys.KNOWN_STEPS, []),
         strict=True,
     )
     history = PrivacyHistory(accountant)
@@ -60,8 +60,8 @@ def known_history(config: Mapping[str, Any], site: int, accountant: str) -> Priv
 class SiteRefusalError(FedVLMError):
     """The site will not train this round; carries the reason and the account's scalars.
 
-    ``code`` is `keys.OVER_BUDGET` (the budget would be exceeded: the coordinator goes on
-    with the other sites) or `keys.MISCONFIGURED` (``cause`` is a ConfigError naming the key:
+    ``code`` is `dp_keys.OVER_BUDGET` (the budget would be exceeded: the coordinator goes on
+    with the other sites) or `dp_keys.MISCONFIGURED` (``cause`` is a ConfigError naming the key:
     the coordinator stops the run).
     """
 
@@ -109,15 +109,19 @@ class SiteAccount:
         site: int,
     ) -> "SiteAccount":
         """The account from the node's state or the coordinator's record, whichever is longer."""
-        own = _from_record(state.get(keys.STATE_RECORD, {}), settings.accountant, "")
+        own = _from_record(state.get(dp_keys.STATE_RECORD, {}), settings.accountant)
         known = known_history(train_config, site, settings.accountant)
         return cls(settings, known if known.steps > own.steps else own, site)
 
     def save(self, state: RecordDict) -> None:
         """Write the history into the node's persistent state."""
         lists = self.history.to_lists()
-        state[keys.STATE_RECORD] = ConfigRecord(
-            {"noise": lists["noise"], "rate": lists["rate"], "steps": lists["steps"]}
+        state[dp_keys.STATE_RECORD] = ConfigRecord(
+            {
+                dp_keys.STATE_NOISE: lists["noise"],
+                dp_keys.STATE_RATE: lists["rate"],
+                dp_keys.STATE_STEPS: lists["steps"],
+            }
         )
 
     def begin_round(
@@ -139,13 +143,13 @@ class SiteAccount:
             )
         except ConfigError as err:
             metrics = {contract.NUM_EXAMPLES: num_examples, **self.metrics(0)}
-            raise SiteRefusalError(keys.MISCONFIGURED, err, metrics) from err
+            raise SiteRefusalError(dp_keys.MISCONFIGURED, err, metrics) from err
         except BudgetExhaustedError as err:
             metrics = {
                 contract.NUM_EXAMPLES: num_examples,
                 **self.metrics(planned_rounds * local_steps),
             }
-            raise SiteRefusalError(keys.OVER_BUDGET, err, metrics) from err
+            raise SiteRefusalError(dp_keys.OVER_BUDGET, err, metrics) from err
 
     def plan_round(
         self, *, num_examples: int, batch_size: int, local_steps: int, planned_rounds: int
@@ -217,16 +221,16 @@ class SiteAccount:
             else self.epsilon()
         )
         return {
-            keys.SITE: self.site,
-            keys.EPSILON: self.epsilon(),
-            keys.DELTA: self.settings.delta,
-            keys.NOISE_MULTIPLIER: plan.noise_multiplier if plan else 0.0,
-            keys.SAMPLE_RATE: plan.sample_rate if plan else 0.0,
-            keys.STEPS: self.history.steps,
-            keys.PROJECTED_EPSILON: projected,
-            keys.HISTORY_NOISE: lists["noise"],
-            keys.HISTORY_RATE: lists["rate"],
-            keys.HISTORY_STEPS: lists["steps"],
+            dp_keys.SITE: self.site,
+            dp_keys.EPSILON: self.epsilon(),
+            dp_keys.DELTA: self.settings.delta,
+            dp_keys.NOISE_MULTIPLIER: plan.noise_multiplier if plan else 0.0,
+            dp_keys.SAMPLE_RATE: plan.sample_rate if plan else 0.0,
+            dp_keys.STEPS: self.history.steps,
+            dp_keys.PROJECTED_EPSILON: projected,
+            dp_keys.HISTORY_NOISE: lists["noise"],
+            dp_keys.HISTORY_RATE: lists["rate"],
+            dp_keys.HISTORY_STEPS: lists["steps"],
         }
 
 
@@ -235,8 +239,10 @@ def refusal_reply(msg: Message, refusal: SiteRefusalError) -> Message:
     key = refusal.cause.key if isinstance(refusal.cause, ConfigError) else ""
     content = RecordDict(
         {
-            contract.METRICS: MetricRecord({keys.REFUSED: refusal.code, **refusal.metrics}),
-            keys.REFUSAL: ConfigRecord({keys.REASON: str(refusal.cause), "key": key}),
+            contract.METRICS: MetricRecord({dp_keys.REFUSED: refusal.code, **refusal.metrics}),
+            dp_keys.REFUSAL: ConfigRecord(
+                {dp_keys.REASON: str(refusal.cause), dp_keys.REFUSAL_KEY: key}
+            ),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -11,12 +11,12 @@ from flwr.app import RecordDict
 
 from fedvlm.adapter import get_adapter_state, set_adapter_state, subtract
 from fedvlm.batching import encode, score
+from fedvlm.contract import dp_keys
 from fedvlm.embedded.shapes import make_examples
 from fedvlm.errors import ConfigError
 from fedvlm.lora import LoraSettings, apply_lora
 from fedvlm.training import take, train_local
 from fedvlm.vlm import load_base, load_peft_model
-from privacy import keys
 from privacy.accounting import BudgetExhaustedError
 from privacy.dp_sgd import (
     make_private,
@@ -172,13 +172,13 @@ def test_reported_epsilon_matches_an_independent_accountant(vlm, accountant):
     set_adapter_state(model, initial)
     reported = account.metrics(planned_steps=12)
     rate = poisson_sample_rate(24, 4)
-    assert reported[keys.STEPS] == 6 and reported[keys.SAMPLE_RATE] == rate
+    assert reported[dp_keys.STEPS] == 6 and reported[dp_keys.SAMPLE_RATE] == rate
     expected = _independent_epsilon(accountant, plan.noise_multiplier, rate, 6, 1e-5)
-    assert reported[keys.EPSILON] == pytest.approx(expected, rel=0.01)
+    assert reported[dp_keys.EPSILON] == pytest.approx(expected, rel=0.01)
     # The noise was calibrated once so that all 4 planned rounds spend the budget.
     projected = _independent_epsilon(accountant, plan.noise_multiplier, rate, 12, 1e-5)
-    assert reported[keys.PROJECTED_EPSILON] == pytest.approx(projected, rel=0.01)
-    assert 0.95 * 8.0 <= reported[keys.PROJECTED_EPSILON] <= 8.0 * 1.01
+    assert reported[dp_keys.PROJECTED_EPSILON] == pytest.approx(projected, rel=0.01)
+    assert 0.95 * 8.0 <= reported[dp_keys.PROJECTED_EPSILON] <= 8.0 * 1.01
 
 
 def test_a_round_that_would_exceed_the_budget_is_refused_before_training():
@@ -197,17 +197,17 @@ def test_a_round_that_would_exceed_the_budget_is_refused_before_training():
         for _ in range(10):
             again.begin_round(num_examples=96, batch_size=8, local_steps=16, planned_rounds=10)
             again.record([(1.0, 1 / 12, 16)])
-    assert refusal.value.code == keys.OVER_BUDGET
+    assert refusal.value.code == dp_keys.OVER_BUDGET
     assert isinstance(refusal.value.cause, BudgetExhaustedError)
     assert "dp-target-epsilon" in str(refusal.value)
     assert again.history.steps >= 32  # it trained while the budget allowed
-    assert spent < refusal.value.metrics[keys.EPSILON] <= 5.0  # never past the budget
+    assert spent < refusal.value.metrics[dp_keys.EPSILON] <= 5.0  # never past the budget
     # The coordinator's (longer) record wins over a site state that was lost.
     known = {
-        keys.KNOWN_SITE: [3],
-        keys.KNOWN_NOISE: [1.0],
-        keys.KNOWN_RATE: [1 / 12],
-        keys.KNOWN_STEPS: [again.history.steps],
+        dp_keys.KNOWN_SITE: [3],
+        dp_keys.KNOWN_NOISE: [1.0],
+        dp_keys.KNOWN_RATE: [1 / 12],
+        dp_keys.KNOWN_STEPS: [again.history.steps],
     }
     fresh = SiteAccount.open(settings, RecordDict(), known, site=3)
     assert fresh.epsilon() == pytest.approx(again.epsilon())
@@ -220,7 +220,7 @@ def test_delta_at_or_above_one_over_n_is_refused_naming_the_key():
     account = SiteAccount(settings, SiteAccount.open(settings, RecordDict(), {}, 0).history, 0)
     with pytest.raises(SiteRefusalError) as refusal:
         account.begin_round(num_examples=40, batch_size=8, local_steps=4, planned_rounds=2)
-    assert refusal.value.code == keys.MISCONFIGURED
+    assert refusal.value.code == dp_keys.MISCONFIGURED
     assert isinstance(refusal.value.cause, ConfigError) and refusal.value.cause.key == "dp-delta"
 
 

@@ -18,19 +18,10 @@ from coordinator.site_evaluation import round_block
 from fedvlm import contract
 from fedvlm.adapter import Adapter, adapter_to_arrayrecord, get_adapter_state, set_adapter_state
 from fedvlm.config import NodeSettings, RunSettings
+from fedvlm.contract.eval_keys import GROUP_ACC, GROUP_N, PERSONALISED_ACCURACY, TYPE_ACC, TYPE_N
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
-from fedvlm.site_metrics import (
-    GROUP_ACC,
-    GROUP_N,
-    PERSONALISED_ACCURACY,
-    TYPE_ACC,
-    TYPE_N,
-    EvalSettings,
-    SiteEvaluation,
-    site_metrics,
-    suppressed_values,
-)
+from fedvlm.site_metrics import EvalSettings, SiteEvaluation, site_metrics, suppressed_values
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_peft_model
 from simulations.in_process import over_the_wire

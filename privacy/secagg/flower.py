@@ -21,20 +21,29 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from fedvlm.contract.secagg_keys import (
+    CONSISTENCY_MESSAGE,
+    MASKED_INPUT_MESSAGE,
+    SECAGG_ARRAYS,
+    SECAGG_CONFIG,
+    SECAGG_STATE,
+    SETUP_MESSAGE,
+    SHARE_KEYS_MESSAGE,
+    STAGE,
+    UNMASK_MESSAGE,
+)
+
 from .client import SecAggClient
 from .errors import MalformedPayloadError
 from .messages import Payload, Stage
 
 MESSAGE_TYPES = {
-    Stage.SETUP: "query.secagg_setup",
-    Stage.SHARE_KEYS: "query.secagg_share_keys",
-    Stage.MASKED_INPUT: "train.secagg_masked_input",
-    Stage.CONSISTENCY: "query.secagg_consistency",
-    Stage.UNMASK: "query.secagg_unmask",
+    Stage.SETUP: SETUP_MESSAGE,
+    Stage.SHARE_KEYS: SHARE_KEYS_MESSAGE,
+    Stage.MASKED_INPUT: MASKED_INPUT_MESSAGE,
+    Stage.CONSISTENCY: CONSISTENCY_MESSAGE,
+    Stage.UNMASK: UNMASK_MESSAGE,
 }
-SECAGG_CONFIG = "secagg"  # ConfigRecord: every scalar / list value of a payload
-SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord: numpy values (the masked vector)
-SECAGG_STATE = "secagg-state"  # ConfigRecord in context.state: the client's secrets
 
 
 def stage_of(message_type: str) -> Stage:
@@ -83,7 +92,7 @@ def to_messages(
     out = []
     for node_id, payload in requests.items():
         content = payload_to_recorddict(payload, into=(extra or {}).get(node_id))
-        stage = Stage(payload["stage"])
+        stage = Stage(payload[STAGE])
         message_type = MESSAGE_TYPES[stage]
         out.append(Message(content, node_id, message_type, group_id=group_id))
     return out

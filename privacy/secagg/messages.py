@@ -13,6 +13,38 @@ from typing import Any
 
 import numpy as np
 
+# Payload keys: defined with every other wire name in the message contract; re-exported
+# here because both sides of the protocol read them as ``messages.STAGE`` etc.
+from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
+    ALIVE,
+    B_COMMIT,
+    B_SHARES,
+    C_PK,
+    CIPHERTEXTS,
+    CLIENT_ID,
+    DEAD,
+    DST_IDS,
+    LENGTH,
+    MASKED,
+    PARTICIPANTS,
+    PEER_B_COMMIT,
+    PEER_C_PK,
+    PEER_IDS,
+    PEER_S_PK,
+    PEER_SIG,
+    ROUND,
+    S_PK,
+    SIG,
+    SIG_PK,
+    SIG_PKS,
+    SIGNATURES,
+    SIGNER_IDS,
+    SK_SHARES,
+    SRC_IDS,
+    STAGE,
+    SURVIVORS,
+)
+
 from .errors import MalformedPayloadError
 
 Payload = dict[str, Any]
@@ -29,26 +61,6 @@ class Stage(StrEnum):
 
 
 STAGES = list(Stage)
-
-# Payload keys.
-STAGE = "stage"
-ROUND = "round"
-CLIENT_ID = "client-id"
-C_PK, S_PK, SIG_PK, SIG, B_COMMIT = "c-pk", "s-pk", "sig-pk", "sig", "b-commit"
-PARTICIPANTS = "participants"
-SIG_PKS = "sig-pks"
-PEER_IDS, PEER_C_PK, PEER_S_PK, PEER_B_COMMIT, PEER_SIG = (
-    "peer-ids",
-    "peer-c-pk",
-    "peer-s-pk",
-    "peer-b-commit",
-    "peer-sig",
-)
-DST_IDS, SRC_IDS, CIPHERTEXTS = "dst-ids", "src-ids", "ciphertexts"
-MASKED, LENGTH = "masked", "length"
-SURVIVORS, SIGNER_IDS, SIGNATURES = "survivors", "signer-ids", "signatures"
-ALIVE, DEAD = "alive", "dead"  # peers whose self-mask / pairwise-key shares are requested
-B_SHARES, SK_SHARES = "b-shares", "sk-shares"
 
 _DOMAIN = b"fedvlm-secagg-v1/"
 

@@ -1,7 +1,17 @@
-"""The message contract between coordinator and client nodes.
+"""The message contract between coordinator and client nodes: every name on the wire.
 
-`client` and `coordinator` never import each other; both read the names of records and
-keys from here, so a rename cannot silently break one side.
+`client` and `coordinator` never import each other (`[tool.importlinter]` in pyproject.toml);
+both read the names of the records and keys of their Flower Messages from this package, so a
+rename cannot silently break one side. This module holds the names of every round; the
+submodules hold those of one feature each:
+
+- `dp_keys`: differential privacy (train replies, refusals, the accountant's history);
+- `secagg_keys`: secure aggregation (message types, records, protocol payload keys);
+- `energy_keys`: the energy scalars of a node's MetricRecord;
+- `eval_keys`: the per-type, per-subgroup and personalised evaluation scalars.
+
+Client and coordinator code never spells a record key as a string literal;
+`tests/test_contract.py` fails if one does.
 """
 
 # Record names inside a Message's RecordDict (Flower's strategies use the same defaults).

@@ -1,8 +1,8 @@
 """Names of the DP fields in train messages and in a node's persistent state.
 
-The client and the coordinator never import each other; both read these names from here
-(`privacy` is imported by both), so a rename cannot break one side silently. Values are
-scalars or lists of scalars only: accounting parameters, never anything about an example.
+Part of the message contract (`fedvlm.contract`): the sites (`client`, `privacy.site_account`)
+write them and the coordinator (`privacy.sample_ledger`) reads them. Values are scalars or
+lists of scalars only: accounting parameters, never anything about an example.
 """
 
 # Train reply MetricRecord (site -> coordinator), sample-level DP.
@@ -22,6 +22,7 @@ HISTORY_STEPS = "dp-history-steps"
 # Reply ConfigRecord carrying a refusal's reason (text).
 REFUSAL = "dp-refusal"
 REASON = "reason"
+REFUSAL_KEY = "key"  # the setting at fault when misconfigured ("" when none is)
 
 # Codes of REFUSED.
 TRAINED = 0
@@ -36,5 +37,9 @@ KNOWN_NOISE = "dp-known-noise"
 KNOWN_RATE = "dp-known-rate"
 KNOWN_STEPS = "dp-known-steps"
 
-# Name of the record in a node's `context.state` holding its history.
+# Name of the record in a node's `context.state` holding its history, and its keys (kept on
+# the node, never sent).
 STATE_RECORD = "dp-sample-accountant"
+STATE_NOISE = "noise"
+STATE_RATE = "rate"
+STATE_STEPS = "steps"

@@ -1,7 +1,8 @@
 """The deployment subcommands of `fedvlm`: credentials, coordinator, node, check-data.
 
-Kept apart from `cli.main` so the dispatcher stays short. The command line is the top layer
-of the project, so it imports the coordinator and client launchers it dispatches to directly.
+Kept apart from `cli.main` so the dispatcher stays short; like it, each handler imports the
+launcher it dispatches to (coordinator, client) inside the handler, so that `fedvlm
+credentials` does not load torch.
 """
 
 import argparse
@@ -10,8 +11,6 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.launch import NodeOptions, check_data, run_node
-from coordinator.launch import PROJECT_ROOT, CoordinatorOptions, run_coordinator
 from fedvlm.credentials import make_credentials, make_site_key
 from fedvlm.errors import FedVLMError
 
@@ -28,9 +27,7 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict:
 def _credentials(args: argparse.Namespace) -> int:
     if args.sites_only:  # a new site joins: its key pair only, CA and server untouched
         for site in args.site:
-            private, public = make_site_key(
-                Path(args.out).expanduser(), site, force=args.force
-            )
+            private, public = make_site_key(Path(args.out).expanduser(), site, force=args.force)
             print(f"fedvlm: site {site} gets {private} (secret, 0600); register {public}")
         return 0
     hosts = list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"]))
@@ -47,6 +44,8 @@ def _credentials(args: argparse.Namespace) -> int:
 
 
 def _coordinator(args: argparse.Namespace) -> int:
+    from coordinator.launch import PROJECT_ROOT, CoordinatorOptions, run_coordinator
+
     run_config = parse_pairs(args.run_config, "--run-config")
     if args.resume:
         run_config["resume"] = args.resume
@@ -71,6 +70,8 @@ def _coordinator(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    from client.launch import NodeOptions, run_node
+
     settings = parse_pairs(args.node_config, "--node-config")
     settings.setdefault("torch-threads", args.torch_threads)
     options = NodeOptions(
@@ -86,6 +87,8 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
+    from client.launch import check_data
+
     summary = check_data(Path(args.path).expanduser())
     print(json.dumps(summary, indent=2))
     print(f"fedvlm: {args.path} is a valid site folder")

@@ -1,19 +1,21 @@
 """`fedvlm explain`: heat maps of what the adapter's answers rest on, kept in the site's folder.
 
-It runs at a site, on the site's own images: nothing it computes is sent anywhere.
+It runs at a site, on the site's own images: nothing it computes is sent anywhere. Like the
+other subcommands, the work (torch, the model) is imported only when it runs.
 """
 
 import argparse
 from pathlib import Path
 
-import torch
-
-from fedvlm.data.imagefolder import load_imagefolder
 from fedvlm.errors import FedVLMError
-from fedvlm.explain import load_adapter, write_explanations
 
 
 def _explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvlm.data.imagefolder import load_imagefolder
+    from fedvlm.explain import load_adapter, write_explanations
+
     torch.set_num_threads(args.torch_threads)
     examples = load_imagefolder(Path(args.data).expanduser()).val
     chosen = args.index or list(range(min(args.n, len(examples))))

@@ -114,9 +114,9 @@ def _glance(run: RunRecord, summary: Mapping[str, Any]) -> str:
             f"{', '.join(summary['dropped']) or 'none'} / {summary['rejected']}",
         ],
         [
-            "Held-out accuracy",
-            f"{_fmt(summary['heldout_accuracy_before'])} before → "
-            f"{_fmt(summary['heldout_accuracy_final'])} after",
+            "Accuracy",
+            f"{summary['headline']['label']}: {_fmt(summary['headline']['before'])} before → "
+            f"{_fmt(summary['headline']['final'])} after",
         ],
         [
             "Energy / carbon",

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
 
 
@@ -52,6 +53,10 @@ def _coordinator(args: argparse.Namespace) -> int:
     run_config = parse_pairs(args.run_config, "--run-config")
     if args.resume:
         run_config["resume"] = args.resume
+    # Deployed sites hold their own images: no synthetic held-out figure (central_set.py).
+    run_config.setdefault("site-data", "folders")
+    if run_config.get("heldout-path"):  # checked whole before the SuperLink starts
+        validate_imagefolder(str(run_config["heldout-path"]), require_splits=False)
     keys = [Path(k).expanduser().resolve() for k in args.site_key]
     credentials = Path(args.credentials).expanduser().resolve() if args.credentials else None
     if credentials is not None and not keys and not args.insecure:

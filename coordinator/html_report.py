@@ -40,7 +40,8 @@ pre { background: #f7f7f7; padding: 1em; white-space: pre-wrap; font-size: .85em
 """
 PLOT_TITLES = {
     "site_accuracy": "Accuracy per round: global (held-out), each site, worst site",
-    "accuracy": "Held-out accuracy and the sites' weighted mean",
+    "accuracy": "Accuracy per round: the coordinator's held-out set (if it has one) and the "
+    "sites' weighted mean",
     "fairness": "Fairness gap (best minus worst site) per round",
     "baselines": "Federated vs. personalised vs. local-only, per site",
     "epsilon": "Privacy spent (cumulative ε)",

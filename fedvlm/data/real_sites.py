@@ -184,7 +184,10 @@ def partitioned_sites(sim: SimulationSettings, num_partitions: int, seed: int) -
     table = example_table(rows)
     _check_column(table, sim)
     partitioner = make_partitioner(sim, num_partitions, seed)
-    partitioner.dataset = table
+    # Shuffled with the run's seed first, as Flower Datasets' FederatedDataset does (its
+    # `shuffle=True` default): IidPartitioner cuts contiguous shards, and a file is often
+    # sorted (by split, class or site).
+    partitioner.dataset = table.shuffle(seed=seed)
     names: dict[int, str] = {}
     if isinstance(partitioner, NaturalIdPartitioner):
         if partitioner.num_partitions != num_partitions:  # the column decides how many sites

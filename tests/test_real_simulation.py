@@ -28,7 +28,7 @@ def test_simulate_on_site_folders_reports_accuracy_on_the_heldout_folder(tmp_pat
             "--run-config",
             f'heldout-path="{heldout}"',
             "--run-config",
-            "run-name=real",
+            'run-name="real"',
             "--run-dir",
             str(tmp_path / "runs"),
             "--no-baselines",

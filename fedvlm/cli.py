@@ -29,7 +29,7 @@ def _simulate(args: argparse.Namespace) -> int:
     }
     # Flags replace the scenario's [data] table; its other settings stay (e.g. rounds).
     data = flags if ("sites" in flags or "dataset" in flags) else {**scenario.data, **flags}
-    scenario = real_data.with_data(scenario, data, overrides)
+    scenario, overrides = real_data.with_data(scenario, data, overrides)
     run_dir = runner.run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
     if args.baselines:  # what each site reaches alone, beside what federation gave it
         importlib.import_module("simulations.baselines").write_baselines(run_dir)

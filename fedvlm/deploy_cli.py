@@ -56,7 +56,9 @@ def _coordinator(args: argparse.Namespace) -> int:
     # Deployed sites hold their own images: no synthetic held-out figure (central_set.py).
     run_config.setdefault("site-data", "folders")
     if run_config.get("heldout-path"):  # checked whole before the SuperLink starts
-        validate_imagefolder(str(run_config["heldout-path"]), require_splits=False)
+        heldout = Path(str(run_config["heldout-path"])).expanduser().resolve()
+        validate_imagefolder(heldout, require_splits=False)
+        run_config["heldout-path"] = str(heldout)  # the ServerApp runs in another directory
     keys = [Path(k).expanduser().resolve() for k in args.site_key]
     credentials = Path(args.credentials).expanduser().resolve() if args.credentials else None
     if credentials is not None and not keys and not args.insecure:

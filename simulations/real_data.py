@@ -47,21 +47,24 @@ def _absolute(path: Any, key: str) -> str:
 
 def with_data(
     scenario: Scenario, data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
-) -> Scenario:
+) -> tuple[Scenario, dict[str, Any]]:
     """``scenario`` with simulated sites on the real data ``data`` describes, all checked.
 
-    ``overrides`` are the run-config overrides the run will get (``--run-config``): a
-    ``heldout-path`` there is checked too, and the partition uses the run's ``seed``.
+    ``overrides`` are the run-config overrides the run will get (``--run-config``); they
+    come back with ``heldout-path`` checked and made absolute (the ServerApp runs in another
+    working directory). The partition uses the run's ``seed``.
     """
+    overrides = dict(overrides or {})
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}", f"not a data key (valid: {', '.join(DATA_KEYS)})")
-    run_config = {**scenario.run_config, **(overrides or {})}
+    run_config = {**scenario.run_config, **overrides}
     heldout = run_config.get("heldout-path")
     if heldout:  # the coordinator reads it too; fail here, before Flower starts
-        validate_imagefolder(_absolute(heldout, "heldout-path"), require_splits=False)
+        overrides["heldout-path"] = _absolute(heldout, "heldout-path")
+        validate_imagefolder(overrides["heldout-path"], require_splits=False)
     if not data:
-        return scenario
+        return scenario, overrides
     if ("sites" in data) == ("dataset" in data):
         raise ConfigError("data", "give exactly one of sites (folders) or dataset (partitioned)")
     federation = dict(scenario.federation)
@@ -85,4 +88,5 @@ def with_data(
             )
         seed = read(run_config, "seed", int, 0)
         partitioned_sites(sim, int(federation["num-supernodes"]), seed)  # every site non-empty
-    return replace(scenario, federation=federation, run_config={**scenario.run_config, **extra})
+    run_config = {**scenario.run_config, **extra}
+    return replace(scenario, federation=federation, run_config=run_config), overrides

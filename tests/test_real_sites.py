@@ -122,12 +122,14 @@ def test_a_save_to_disk_dataset_is_partitioned_like_an_imagefolder(tmp_path):
     assert len(partitioned_sites(sim, 3, 0)) == 3
 
 
-def test_sites_dir_becomes_one_validated_site_per_folder(tmp_path):
+def test_sites_dir_becomes_one_validated_site_per_folder(tmp_path, monkeypatch):
     sites_dir, heldout = write_digit_sites(tmp_path)
+    monkeypatch.chdir(tmp_path)
     (sites_dir / "notes").mkdir()  # no metadata.jsonl: not a site
-    scenario = with_data(
-        Scenario.load("smoke"), {"sites": str(sites_dir)}, {"heldout-path": str(heldout)}
+    scenario, overrides = with_data(
+        Scenario.load("smoke"), {"sites": str(sites_dir)}, {"heldout-path": "heldout"}
     )
+    assert overrides == {"heldout-path": str(heldout)}  # absolute: the ServerApp's cwd differs
     assert scenario.num_sites == 3
     assert scenario.run_config["site-data"] == "folders"
     sim = SimulationSettings.from_config(scenario.run_config)

@@ -16,8 +16,12 @@ from fedvlm.errors import ConfigError
 
 
 @lru_cache(maxsize=8)
-def load_site(node: NodeSettings, sim: SimulationSettings, seed: int) -> SiteData:
+def load_site(
+    node: NodeSettings, sim: SimulationSettings, seed: int, heldout_path: str = ""
+) -> SiteData:
     """Load (once per process) the data this node trains and validates on.
+
+    ``heldout_path`` (the run's ``heldout-path``) is never one of the simulated site folders.
 
     Cached because a simulation worker serves many rounds and decoding images each round
     would dominate a tiny model's step time. Both arguments are frozen dataclasses.
@@ -28,7 +32,7 @@ def load_site(node: NodeSettings, sim: SimulationSettings, seed: int) -> SiteDat
     if sim.site_data == "folders":
         if not sim.sites_dir:
             raise ConfigError("sim-sites", 'site-data = "folders" in simulation needs sim-sites')
-        folders = site_folders(sim.sites_dir)
+        folders = site_folders(sim.sites_dir, exclude=heldout_path)
         if len(folders) != node.num_partitions:
             raise ConfigError(
                 "num-supernodes",

@@ -70,7 +70,7 @@ def with_data(
     federation = dict(scenario.federation)
     extra: dict[str, Any] = {}
     if "sites" in data:
-        folders = site_folders(_absolute(data["sites"], "sites"))
+        folders = site_folders(_absolute(data["sites"], "sites"), overrides.get("heldout-path", ""))
         for folder in folders:
             validate_imagefolder(folder)
         extra = {"site-data": "folders", "sim-sites": str(folders[0].parent)}

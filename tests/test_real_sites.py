@@ -137,6 +137,24 @@ def test_sites_dir_becomes_one_validated_site_per_folder(tmp_path, monkeypatch):
     assert load_site(node, sim, 0).name == "site-2"
 
 
+def test_a_heldout_folder_beside_the_sites_never_becomes_a_site(tmp_path):
+    sites_dir, heldout = write_digit_sites(tmp_path)
+    inside = heldout.rename(sites_dir / "heldout")
+    # Without heldout-path it is a site like any other, and one without training images.
+    with pytest.raises(DataError, match="heldout/metadata.jsonl: split 'train' has no examples"):
+        with_data(Scenario.load("smoke"), {"sites": str(sites_dir)})
+    scenario, _ = with_data(
+        Scenario.load("smoke"), {"sites": str(sites_dir)}, {"heldout-path": str(inside)}
+    )
+    assert scenario.num_sites == 3
+    sim = SimulationSettings.from_config(scenario.run_config)
+    names = [
+        load_site(NodeSettings(partition_id=i, num_partitions=3), sim, 0, str(inside)).name
+        for i in range(3)
+    ]
+    assert names == ["site-0", "site-1", "site-2"]
+
+
 def test_a_bad_site_folder_is_refused_before_flower_starts_naming_file_and_line(tmp_path, capsys):
     sites_dir, _ = write_digit_sites(tmp_path)
     metadata = sites_dir / "site-1" / "metadata.jsonl"

@@ -46,12 +46,18 @@ INDEX = "index"  # the table column that maps a partition back to its examples
 MIN_PARTITION_SIZE = 10
 
 
-def site_folders(sites_dir: str | Path) -> list[Path]:
-    """Every immediate subfolder of ``sites_dir`` holding a ``metadata.jsonl``, by name."""
+def site_folders(sites_dir: str | Path, exclude: str | Path = "") -> list[Path]:
+    """Every immediate subfolder of ``sites_dir`` holding a ``metadata.jsonl``, by name.
+
+    ``exclude`` is the run's held-out folder: kept beside the sites, it must never train.
+    """
     root = Path(sites_dir).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{root}: sites folder does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / METADATA).is_file())
+    held = Path(exclude).expanduser().resolve() if exclude else None
+    folders = sorted(
+        p for p in root.iterdir() if p.is_dir() and (p / METADATA).is_file() and p != held
+    )
     if not folders:
         raise DataError(f"{root}: no subfolder holds a {METADATA}; put one imagefolder per site")
     return folders

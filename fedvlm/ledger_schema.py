@@ -136,7 +136,10 @@ def _evaluated_on_words(source: dict[str, Any]) -> str:
         return "held-out accuracy on the synthetic radiograph set" + (
             f" ({n} examples)" if n else ""
         )
-    return "federated validation accuracy (example-weighted over the sites' validation splits)"
+    n = source.get("examples")
+    return "federated validation accuracy (example-weighted over the sites' validation " + (
+        f"splits, {n} examples)" if n else "splits)"
+    )
 
 
 def headline(rows: Sequence[Row]) -> dict[str, Any]:

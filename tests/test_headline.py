@@ -77,7 +77,9 @@ def test_real_sites_without_heldout_path_report_the_sites_accuracy_and_nothing_s
         s["examples"] for s in rows[-1]["site_eval"]["sites"].values()
     )
     line = next(x for x in out.splitlines() if "adapter saved" in x)
+    examples = summary["headline"]["evaluated_on"]["examples"]
     assert line.startswith("fedvlm: federated validation accuracy")
+    assert f"validation splits, {examples} examples)" in line
     assert "worst site" in line
     for name, text in {**_texts(tmp_path / "real"), "console": out}.items():
         assert "synthetic" not in text.lower(), name

@@ -9,12 +9,15 @@ whatever ``site-data`` says (the bug this guards against) fails
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from client import app as client_app
 from coordinator.ledger import read_ledger
 from fedvlm.adapter import set_adapter_state
+from fedvlm.cli import main
 from fedvlm.config import RunSettings
 from fedvlm.data.imagefolder import read_imagefolder
 from fedvlm.training import evaluate
@@ -57,11 +60,14 @@ def _texts(run_dir) -> dict[str, str]:
     }
 
 
+# The same with secure aggregation: the round-0 site evaluation is plain scalars, as every
+# round's is, and training goes through the masked protocol.
+@pytest.mark.parametrize("extra", [{}, {"secure-aggregation": True}], ids=["plain", "secagg"])
 def test_real_sites_without_heldout_path_report_the_sites_accuracy_and_nothing_synthetic(
-    tmp_path, folders, capsys
+    tmp_path, folders, capsys, extra
 ):
     sites_dir, _ = folders
-    rows, _ = _run(tmp_path, sites_dir)
+    rows, _ = _run(tmp_path, sites_dir, **extra)
     out = capsys.readouterr().out
 
     assert rows[0]["evaluated_on"] == {"kind": "sites"}
@@ -108,3 +114,25 @@ def test_heldout_path_is_what_the_coordinator_evaluates_and_names(tmp_path, fold
     texts = _texts(tmp_path / "real")
     assert str(heldout.resolve()) in texts["card"] and str(heldout.resolve()) in texts["html"]
     assert "synthetic" not in texts["card"].lower()
+
+
+def test_the_deployed_coordinator_marks_sites_as_real_and_resolves_heldout_path(
+    tmp_path, folders, monkeypatch
+):
+    """`fedvlm coordinator`: deployed sites hold their own images, never the synthetic task."""
+    heldout = Path(shutil.copytree(folders[1], tmp_path / "heldout"))  # spoiled below
+    started = {}
+
+    def fake_run(options):  # stands in for the SuperLink + flwr run, which test_deploy runs
+        started["run_config"] = options.run_config
+        return tmp_path
+
+    monkeypatch.setattr("coordinator.launch.run_coordinator", fake_run)
+    monkeypatch.chdir(tmp_path)
+    args = ["coordinator", "--insecure", "--state-dir", str(tmp_path / "state")]
+    assert main([*args, "--run-config", 'heldout-path="heldout"']) == 0
+    assert started["run_config"]["site-data"] == "folders"
+    assert started["run_config"]["heldout-path"] == str(heldout.resolve())
+
+    (heldout / "metadata.jsonl").write_text("not json\n")
+    assert main([*args, "--run-config", 'heldout-path="heldout"']) == 2  # refused before start

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedvlm.credentials import make_credentials, make_site_key
+from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
 
 
@@ -49,6 +50,12 @@ def _coordinator(args: argparse.Namespace) -> int:
     run_config = parse_pairs(args.run_config, "--run-config")
     if args.resume:
         run_config["resume"] = args.resume
+    # Deployed sites hold their own images: no synthetic held-out figure (central_set.py).
+    run_config.setdefault("site-data", "folders")
+    if run_config.get("heldout-path"):  # checked whole before the SuperLink starts
+        heldout = Path(str(run_config["heldout-path"])).expanduser().resolve()
+        validate_imagefolder(heldout, require_splits=False)
+        run_config["heldout-path"] = str(heldout)  # the ServerApp runs in another directory
     keys = [Path(k).expanduser().resolve() for k in args.site_key]
     credentials = Path(args.credentials).expanduser().resolve() if args.credentials else None
     if credentials is not None and not keys and not args.insecure:

@@ -22,11 +22,20 @@ from fedvlm.errors import FedVLMError
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulations.baselines import write_baselines
+    from simulations.real_data import DATA_KEYS, with_data
     from simulations.runner import run_scenario
     from simulations.scenario import Scenario
 
     scenario = Scenario.load(args.scenario)
     overrides = parse_pairs(args.run_config, "--run-config")
+    flags = {
+        key: getattr(args, key.replace("-", "_"))
+        for key in DATA_KEYS
+        if getattr(args, key.replace("-", "_")) is not None
+    }
+    # Flags replace the scenario's [data] table; its other settings stay (e.g. rounds).
+    data = flags if ("sites" in flags or "dataset" in flags) else {**scenario.data, **flags}
+    scenario, overrides = with_data(scenario, data, overrides)
     run_dir = run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
     if args.baselines:  # what each site reaches alone, beside what federation gave it
         write_baselines(run_dir)
@@ -57,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a [tool.flwr.app.config] value, e.g. --run-config num-server-rounds=3",
     )
     sim.add_argument("--run-dir", default=None, help="parent folder of run folders (./runs)")
+    data = sim.add_argument_group("real data (instead of the synthetic task)")
+    data.add_argument("--sites", metavar="DIR", help="one imagefolder per site: DIR/<site>/")
+    data.add_argument("--dataset", metavar="PATH", help="imagefolder or save_to_disk dataset")
+    data.add_argument(
+        "--partitioner",
+        choices=["iid", "dirichlet", "pathological", "natural-id"],
+        help="Flower Datasets partitioner that splits --dataset into sites (default iid)",
+    )
+    data.add_argument("--partition-by", metavar="COLUMN", help="column to split by (answer)")
+    data.add_argument("--num-sites", type=int, help="sites to make (not for natural-id)")
+    data.add_argument("--alpha", type=float, help="Dirichlet concentration (sim-label-alpha)")
+    data.add_argument("--classes-per-site", type=int, help="pathological: values per site")
     sim.add_argument(
         "--no-baselines",
         dest="baselines",

@@ -52,7 +52,7 @@ def _prepare(msg: Message, context: Context):
     torch.set_num_threads(read(context.node_config, "torch-threads", int, 1))
     run = RunSettings.from_config(context.run_config)
     node = NodeSettings.from_config(context.node_config)
-    site = load_site(node, run.simulation, run.seed)
+    site = load_site(node, run.simulation, run.seed, run.heldout_path)
     lora = site_lora(run.lora, context.node_config)  # a site may train a smaller rank
     runtime = ModelSettings.from_config(context.node_config, context.run_config)
     model, processor = load_peft_model(run.base_model, lora, runtime=runtime)

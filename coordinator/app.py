@@ -11,10 +11,12 @@ import time
 from functools import partial
 
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from coordinator import console, site_evaluation
+from coordinator.central_set import central_set
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import wait_for_nodes
@@ -27,11 +29,11 @@ from coordinator.train_phase import plain_train_phase
 from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
+    adapter_to_arrayrecord,
     arrayrecord_to_adapter,
     set_adapter_state,
 )
 from fedvlm.config import RunSettings, read
-from fedvlm.data.partition import heldout_set
 from fedvlm.energy import (
     EnergyMeter,
     EnergySettings,
@@ -39,6 +41,7 @@ from fedvlm.energy import (
     network_kwh_per_gb,
     round_energy,
 )
+from fedvlm.ledger_schema import headline_sentence
 from fedvlm.training import evaluate
 from fedvlm.vlm import initial_adapter, load_peft_model
 from privacy.accounting import BudgetExhaustedError
@@ -48,6 +51,24 @@ from strategies import build_strategy, require_linear
 from strategies.settings import StrategySettings
 
 app = ServerApp()
+
+
+def evaluate_at_sites(
+    strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, timeout: float
+) -> tuple[list[Message], dict]:
+    """Federated evaluation on each site's own validation split (scalars only).
+
+    Returns the replies and the round's ``site_eval`` block: each site's figures, weighted
+    mean, worst site, fairness gap (Flower's own aggregate_evaluate refuses replies whose
+    per-type/per-group keys differ by site).
+    """
+    replies = list(
+        grid.send_and_receive(
+            list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)),
+            timeout=timeout,
+        )
+    )
+    return replies, site_evaluation.round_block(replies)
 
 
 @app.main()
@@ -61,7 +82,9 @@ def main(grid: Grid, context: Context) -> None:
     folder = RunFolder(resumed[0]) if resumed else RunFolder.create(run, dict(context.run_config))
     node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
-    heldout = heldout_set(run.simulation.heldout_examples, seed=run.seed)
+    # A held-out folder, the synthetic set (synthetic sites only), or None: then the
+    # sites' own validation accuracy is the headline (coordinator/central_set.py).
+    heldout = central_set(run)
     # The global adapter has the run's lora-rank, the largest any site may train (a site
     # declares a smaller one in its node config); FLoRA's stacked global is capped at it.
     strategy_settings = StrategySettings.from_config(context.run_config)
@@ -106,11 +129,18 @@ def main(grid: Grid, context: Context) -> None:
 
     first_round = 1
     if resumed is None:
-        base = evaluate(model, processor, heldout)
-        append_round(
-            folder.path,
-            {"round": 0, "heldout_accuracy": base.accuracy, "heldout_loss": base.loss, "sites": []},
-        )
+        evaluated_on = {"kind": "sites"} if heldout is None else heldout.source
+        first = {"round": 0, "sites": [], "evaluated_on": evaluated_on}
+        if heldout is not None:
+            base = evaluate(model, processor, heldout.examples)
+            first.update(heldout_accuracy=base.accuracy, heldout_loss=base.loss)
+        else:  # the sites evaluate the initial adapter: the "before" of the headline
+            wait_for_nodes(grid, run.min_available_nodes, node_wait)
+            _, site_eval = evaluate_at_sites(
+                strategy, grid, 0, adapter_to_arrayrecord(global_adapter), run.round_timeout
+            )
+            first.update(fed_eval_accuracy=site_eval.get("weighted_accuracy"), site_eval=site_eval)
+        append_round(folder.path, first)
     else:  # continue after the last checkpointed round, RNGs and strategy state as they were
         checkpoint = resumed[1]
         global_adapter = checkpoint.adapter
@@ -120,11 +150,10 @@ def main(grid: Grid, context: Context) -> None:
         first_round = checkpoint.server_round + 1
         print(f"fedvlm: resuming after round {checkpoint.server_round}", flush=True)
     recorded = read_ledger(folder.path)
-    base_accuracy = recorded[0]["heldout_accuracy"]
     energy_so_far = recorded[-1].get("energy")  # cumulative totals carry over a resume
     print(f"fedvlm: run folder {folder.path}", flush=True)
     print(console.header(), flush=True)
-    print(console.row_line({"round": 0, "heldout_accuracy": base_accuracy}), flush=True)
+    print(console.row_line(recorded[0]), flush=True)
 
     for server_round in range(first_round, run.num_rounds + 1):
         started = time.perf_counter()
@@ -156,19 +185,13 @@ def main(grid: Grid, context: Context) -> None:
         set_adapter_state(model, global_adapter)
 
         # 2. Federated evaluation on each site's own validation split (scalars only).
-        eval_replies = list(
-            grid.send_and_receive(
-                list(strategy.configure_evaluate(server_round, new_global, ConfigRecord(), grid)),
-                timeout=run.round_timeout,
-            )
+        eval_replies, site_eval = evaluate_at_sites(
+            strategy, grid, server_round, new_global, run.round_timeout
         )
-        # Each site's figures, weighted mean, worst site, fairness gap (Flower's own
-        # aggregate_evaluate refuses replies whose per-type/per-group keys differ by site).
-        site_eval = site_evaluation.round_block(eval_replies)
 
-        # 3. Central evaluation on the coordinator's own held-out set.
+        # 3. Central evaluation on the coordinator's own held-out set, if it has one.
         with meter.measure() as central_eval:
-            central = evaluate(model, processor, heldout)
+            central = None if heldout is None else evaluate(model, processor, heldout.examples)
 
         # 4. Record the round before the next one starts.
         energy_so_far = round_energy(
@@ -192,9 +215,15 @@ def main(grid: Grid, context: Context) -> None:
             if trained.metrics is None
             else trained.metrics.get(contract.TRAIN_LOSS),
             "fed_eval_accuracy": site_eval.get("weighted_accuracy"),
-            "heldout_accuracy": central.accuracy,
-            "heldout_loss": central.loss,
-            "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
+            **(
+                {}
+                if central is None
+                else {
+                    "heldout_accuracy": central.accuracy,
+                    "heldout_loss": central.loss,
+                    "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
+                }
+            ),
             "site_eval": site_eval,
             "bytes_down": trained.bytes_down,
             "bytes_up": sum(trained.bytes_up.values()),
@@ -215,11 +244,9 @@ def main(grid: Grid, context: Context) -> None:
         print(console.row_line(row, run.num_rounds), flush=True)
 
     folder.save_adapter(model)
-    build_report(folder.path)  # plots, model card and report.html, from the ledger alone
-    evaluated = [r for r in read_ledger(folder.path) if "heldout_accuracy" in r]
+    report = build_report(folder.path)  # plots, model card and report.html, from the ledger
     print(
-        f"fedvlm: held-out accuracy {base_accuracy:.3f} -> "
-        f"{evaluated[-1]['heldout_accuracy']:.3f}; "
+        f"fedvlm: {headline_sentence(report['summary']['headline'])}; "
         f"adapter saved to {folder.path / 'adapter'}",
         flush=True,
     )

@@ -52,6 +52,7 @@ COLUMNS = (
     Column("sites", 5, lambda r: str(len(r.get("sites", [])))),
     Column("train loss", 10, _num("train_loss", ".4f")),
     Column("site acc", 8, _num("fed_eval_accuracy", ".3f")),
+    Column("worst site", 10, _num("site_eval.worst_site.accuracy", ".3f")),
     Column("held-out acc", 12, _num("heldout_accuracy", ".3f")),
     Column("eps/budget", 10, _epsilon),
     Column("kWh", 9, _num("energy.total.kwh", ".2e")),

@@ -40,7 +40,8 @@ pre { background: #f7f7f7; padding: 1em; white-space: pre-wrap; font-size: .85em
 """
 PLOT_TITLES = {
     "site_accuracy": "Accuracy per round: global (held-out), each site, worst site",
-    "accuracy": "Held-out accuracy and the sites' weighted mean",
+    "accuracy": "Accuracy per round: the coordinator's held-out set (if it has one) and the "
+    "sites' weighted mean",
     "fairness": "Fairness gap (best minus worst site) per round",
     "baselines": "Federated vs. personalised vs. local-only, per site",
     "epsilon": "Privacy spent (cumulative ε)",
@@ -114,9 +115,9 @@ def _glance(run: RunRecord, summary: Mapping[str, Any]) -> str:
             f"{', '.join(summary['dropped']) or 'none'} / {summary['rejected']}",
         ],
         [
-            "Held-out accuracy",
-            f"{_fmt(summary['heldout_accuracy_before'])} before → "
-            f"{_fmt(summary['heldout_accuracy_final'])} after",
+            "Accuracy",
+            f"{summary['headline']['label']}: {_fmt(summary['headline']['before'])} before → "
+            f"{_fmt(summary['headline']['final'])} after",
         ],
         [
             "Energy / carbon",

@@ -90,19 +90,26 @@ def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         f"{component.upper()} {', '.join(labels) or 'none'}"
         for component, labels in energy["methods"].items()
     )
-    results = [
-        {
-            "task": {"type": "visual-question-answering", "name": "Visual question answering"},
-            "dataset": {"name": "coordinator held-out set", "type": "heldout"},
-            "metrics": [
-                {
-                    "type": "accuracy",
-                    "value": summary["heldout_accuracy_final"],
-                    "name": "held-out accuracy (final round)",
-                }
-            ],
-        }
-    ]
+    head = summary["headline"]
+    results = []
+    if head["metric"] == "heldout_accuracy":
+        source = head["evaluated_on"]
+        results.append(
+            {
+                "task": {"type": "visual-question-answering", "name": "Visual question answering"},
+                "dataset": {
+                    "name": source.get("path") or "synthetic radiograph held-out set",
+                    "type": "imagefolder" if source.get("kind") == "folder" else "synthetic",
+                },
+                "metrics": [
+                    {
+                        "type": "accuracy",
+                        "value": head["final"],
+                        "name": f"{head['label']} (final round)",
+                    }
+                ],
+            }
+        )
     if summary["fed_eval_accuracy_final"] is not None:
         results.append(
             {
@@ -136,7 +143,7 @@ def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             "hardware_used": meta.get("hardware") or "not recorded",
         },
     }
-    if summary["heldout_accuracy_final"] is not None:
+    if results:
         data["model-index"] = [{"name": summary["run_id"], "results": results}]
     return data
 
@@ -208,7 +215,8 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
     """The card's text: YAML front matter, then the Markdown body."""
     front = yaml.safe_dump(_metadata(summary, meta), sort_keys=False, allow_unicode=True)
     sites = summary["sites"]
-    before, final = summary["heldout_accuracy_before"], summary["heldout_accuracy_final"]
+    head = summary["headline"]
+    worst = head["worst_site"]
     body = [
         f"# {summary['run_id']}: federated LoRA adapter for `{summary['base_model']}`",
         "",
@@ -233,9 +241,14 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
         "",
         "## Evaluation",
         "",
-        f"Held-out accuracy {_fmt(before)} before training, {_fmt(final)} after the last "
-        f"round (best {_fmt(summary['heldout_accuracy_best'])}); sites' own validation "
-        f"accuracy {_fmt(summary['fed_eval_accuracy_final'])}.",
+        f"Evaluated: {head['label']}. {_fmt(head['before'])} before training, "
+        f"{_fmt(head['final'])} after the last round (best {_fmt(head['best'])})"
+        + (f"; worst site {worst['node']}: {_fmt(worst['accuracy'])}" if worst else "")
+        + (
+            f"; sites' own validation accuracy {_fmt(summary['fed_eval_accuracy_final'])}."
+            if head["metric"] == "heldout_accuracy"
+            else "."
+        ),
         "",
         *_round_table(rows),
         "",

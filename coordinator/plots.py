@@ -44,7 +44,8 @@ def accuracy_plot(rows: Sequence[Row], path: Path) -> Series:
     x, y = _points(rows, "heldout_accuracy")
     fx, fy = _points(rows, "fed_eval_accuracy")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(x, y, marker="o", label="held-out (coordinator)")
+    if x:  # no line when the coordinator had no held-out set (coordinator/central_set.py)
+        ax.plot(x, y, marker="o", label="held-out (coordinator)")
     if fx:
         ax.plot(fx, fy, marker="s", linestyle="--", label="sites' validation (weighted mean)")
     ax.set(xlabel="round", ylabel="accuracy", title="Accuracy per round", ylim=(0, 1))

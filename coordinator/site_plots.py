@@ -33,7 +33,8 @@ def site_accuracy_plot(rows: Sequence[Row], path: Path) -> Series:
     }
     worst = [(r["round"], r["site_eval"]["worst_site"]["accuracy"]) for r in evaluated]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, heldout, marker="o", linewidth=2.5, color="black", label="global (held-out)")
+    if x:  # no line when the coordinator had no held-out set (coordinator/central_set.py)
+        ax.plot(x, heldout, marker="o", linewidth=2.5, color="black", label="global (held-out)")
     for node, points in per_site.items():
         ax.plot(*zip(*points, strict=True), marker=".", alpha=0.8, label=f"site {node}")
     if worst:

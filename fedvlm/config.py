@@ -47,21 +47,65 @@ def _positive(value: float) -> bool:
     return value > 0
 
 
+SITE_DATA = ("synthetic", "folders", "partitioned")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "natural-id")
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
-    """How the embedded synthetic task is spread over simulated sites."""
+    """What simulated sites hold: the embedded synthetic task, or real images.
+
+    `site_data` is also how the coordinator knows whether a synthetic held-out set means
+    anything: only when the sites draw the synthetic task ("synthetic"). "folders": every
+    site reads an imagefolder (a deployed node its own `data-path`; a simulated one the
+    `partition-id`-th site folder under `sites_dir`); "partitioned": simulated sites are
+    Flower Datasets partitions of the one dataset at `dataset`.
+    """
 
     examples_per_site: int = 96
     val_examples_per_site: int = 48
     label_alpha: float = 0.5
     acquisition_skew: float = 0.5
     heldout_examples: int = 240
+    site_data: str = "synthetic"
+    sites_dir: str = ""
+    dataset: str = ""
+    partitioner: str = "iid"
+    partition_by: str = "answer"
+    classes_per_site: int = 2
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the sites draw the synthetic radiograph task."""
+        return self.site_data == "synthetic"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "SimulationSettings":
-        """Parse the `sim-*` and `heldout-examples` keys of the run config."""
+        """Parse the `sim-*`, `site-data` and `heldout-examples` keys of the run config."""
         d = cls()
+        site_data = read(
+            config, "site-data", str, d.site_data, SITE_DATA.__contains__, " or ".join(SITE_DATA)
+        )
+        sites_dir = read(config, "sim-sites", str, d.sites_dir)
+        dataset = read(config, "sim-dataset", str, d.dataset)
+        if site_data == "partitioned" and not dataset:
+            raise ConfigError("sim-dataset", 'site-data = "partitioned" needs a dataset path')
         return cls(
+            site_data=site_data,
+            sites_dir=sites_dir,
+            dataset=dataset,
+            partitioner=read(
+                config,
+                "sim-partitioner",
+                str,
+                d.partitioner,
+                PARTITIONERS.__contains__,
+                " or ".join(PARTITIONERS),
+            ),
+            partition_by=read(config, "sim-partition-by", str, d.partition_by, bool, "a column"),
+            classes_per_site=read(
+                config, "sim-classes-per-site", int, d.classes_per_site, _positive, "> 0"
+            ),
             examples_per_site=read(
                 config, "sim-examples-per-site", int, d.examples_per_site, _positive, "> 0"
             ),
@@ -107,6 +151,7 @@ class RunSettings:
     run_dir: str = "runs"
     run_name: str = ""
     simulation: SimulationSettings = SimulationSettings()
+    heldout_path: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RunSettings":
@@ -158,6 +203,7 @@ class RunSettings:
             run_dir=read(config, "run-dir", str, d.run_dir, bool, "a folder path"),
             run_name=read(config, "run-name", str, d.run_name),
             simulation=SimulationSettings.from_config(config),
+            heldout_path=read(config, "heldout-path", str, d.heldout_path),
         )
 
 

@@ -4,8 +4,10 @@ The coordinator writes one JSON object per round (round 0 = the evaluation befor
 "round", "sites", "train_loss", "fed_eval_accuracy", "heldout_accuracy", "heldout_loss",
 "seconds", "bytes_up", "bytes_down", "rejected", "dropped", "energy" (`fedvlm.energy.round_energy`)
 and optionally "privacy" ({"unit": "example" | "site", "epsilon", "delta", ...} or a list of
-them). Every block but "round" may be absent: readers here tolerate that, so a report can be
-rebuilt from a ledger of an older or partial run.
+them). Round 0 says in "evaluated_on" what the held-out figures are measured on (a folder, the
+synthetic set, or "sites": no central evaluation, "heldout_*" absent throughout, and the sites'
+"fed_eval_accuracy" is the headline). Every block but "round" may be absent: readers here
+tolerate that, so a report can be rebuilt from a ledger of an older or partial run.
 """
 
 from __future__ import annotations
@@ -126,6 +128,60 @@ def energy_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _evaluated_on_words(source: dict[str, Any]) -> str:
+    if source.get("kind") == "folder":
+        return f"held-out accuracy on {source['path']} ({source['examples']} examples)"
+    if source.get("kind") == "synthetic":
+        n = source.get("examples")
+        return "held-out accuracy on the synthetic radiograph set" + (
+            f" ({n} examples)" if n else ""
+        )
+    n = source.get("examples")
+    return "federated validation accuracy (example-weighted over the sites' validation " + (
+        f"splits, {n} examples)" if n else "splits)"
+    )
+
+
+def headline(rows: Sequence[Row]) -> dict[str, Any]:
+    """The run's one accuracy, what it was measured on, before/final/best and the worst site.
+
+    The coordinator's held-out accuracy when it evaluated one (round 0's ``evaluated_on``
+    names the set; a ledger from before that key was synthetic); otherwise the sites'
+    example-weighted validation accuracy, the only figure measured on the sites' own kind
+    of data.
+    """
+    first = rows[0] if rows and rows[0]["round"] == 0 else {}
+    central = any(r.get("heldout_accuracy") is not None for r in rows)
+    key = "heldout_accuracy" if central else "fed_eval_accuracy"
+    source = first.get("evaluated_on") or ({"kind": "synthetic"} if central else {"kind": "sites"})
+    series = [r for r in rows if r.get(key) is not None]
+    last_sites = next((r["site_eval"] for r in reversed(rows) if r.get("site_eval")), {})
+    if not central and last_sites.get("sites"):
+        source = {**source, "examples": sum(s["examples"] for s in last_sites["sites"].values())}
+    return {
+        "metric": key,
+        "evaluated_on": source,
+        "label": _evaluated_on_words(source),
+        "before": first.get(key),
+        "final": series[-1][key] if series else None,
+        "best": max((r[key] for r in series), default=None),
+        "worst_site": last_sites.get("worst_site"),
+    }
+
+
+def headline_sentence(head: dict[str, Any]) -> str:
+    """E.g. ``held-out accuracy on /data/held (200 examples) 0.100 -> 0.850``, worst site."""
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    text = f"{head['label']} {fmt(head['before'])} -> {fmt(head['final'])}"
+    worst = head.get("worst_site")
+    if worst:
+        text += f" (worst site {worst['node']}: {fmt(worst['accuracy'])})"
+    return text
+
+
 def summarize(run: RunRecord) -> dict[str, Any]:
     """The numbers a reader wants first: accuracy before/after, privacy, energy, federation."""
     rows = run.rows
@@ -160,6 +216,7 @@ def summarize(run: RunRecord) -> dict[str, Any]:
             ),
             None,
         ),
+        "headline": headline(rows),
         "privacy": privacy_final,
         "energy": energy_totals(rows),
         "bytes_up": sum(r.get("bytes_up") or 0 for r in rows),

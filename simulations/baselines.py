@@ -74,7 +74,7 @@ def compute_baselines(
     sites = {}
     for k in range(num_sites):
         node = NodeSettings(partition_id=k, num_partitions=num_sites)
-        site = load_site(node, settings.simulation, settings.seed)
+        site = load_site(node, settings.simulation, settings.seed, settings.heldout_path)
         set_adapter_state(model, final)
         federated = evaluate(model, processor, site.val)
         tuned = personalised(

@@ -3,7 +3,9 @@
 A scenario has two tables, `[federation]` (Flower's simulation config, as given to
 `flwr run --federation-config`: `num-supernodes`, `client-resources-num-cpus`...) and
 `[run-config]` (overrides of
-`[tool.flwr.app.config]` in pyproject.toml). The run-config keys are checked against
+`[tool.flwr.app.config]` in pyproject.toml), and optionally `[data]`: real images for the
+simulated sites (site folders, or one dataset and a Flower Datasets partitioner;
+simulations/real_data.py). The run-config keys are checked against
 pyproject here, so a typo fails with the file and key named instead of deep inside Flower.
 """
 
@@ -48,6 +50,7 @@ class Scenario:
     name: str
     federation: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_sites(self) -> int:
@@ -87,4 +90,9 @@ class Scenario:
                 f"run-config.{unknown[0]}",
                 f"{path}: not a key of [tool.flwr.app.config] in pyproject.toml",
             )
-        return cls(name=path.stem, federation=federation, run_config=run_config)
+        return cls(
+            name=path.stem,
+            federation=federation,
+            run_config=run_config,
+            data=data.get("data", {}),
+        )

@@ -55,7 +55,7 @@ class _Scan:
     images: dict[str, Image.Image] = field(default_factory=dict)
 
 
-def _hash_split(file_name: str) -> str:
+def hash_split(file_name: str) -> str:
     """Deterministic split of an image that has no ``split`` field."""
     bucket = int.from_bytes(hashlib.sha256(file_name.encode()).digest()[:8], "big") % 100
     return "validation" if bucket < VALIDATION_PERCENT else "train"
@@ -114,8 +114,12 @@ def _check_image(
     return (rgb if keep else None), ""
 
 
-def _scan(folder: str | Path, keep_images: bool) -> _Scan:
-    """Read and check a whole imagefolder; raise ``DataError`` listing the first problems."""
+def _scan(folder: str | Path, keep_images: bool, require_splits: bool = True) -> _Scan:
+    """Read and check a whole imagefolder; raise ``DataError`` listing the first problems.
+
+    ``require_splits=False`` (a held-out folder: every example is evaluated) keeps every
+    per-line check but not the rule that train and validation each hold examples.
+    """
     root = Path(folder).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: data folder does not exist")
@@ -141,7 +145,7 @@ def _scan(folder: str | Path, keep_images: bool) -> _Scan:
             elif row is not None and not checked[row.file_name]:
                 scan.rows.append(row)
     if not scan.problems:
-        _assign_splits(scan, metadata)
+        _assign_splits(scan, metadata, require_splits)
     if scan.problems:
         shown = scan.problems[:MAX_REPORTED_PROBLEMS]
         more = len(scan.problems) - len(shown)
@@ -150,7 +154,7 @@ def _scan(folder: str | Path, keep_images: bool) -> _Scan:
     return scan
 
 
-def _assign_splits(scan: _Scan, metadata: Path) -> None:
+def _assign_splits(scan: _Scan, metadata: Path, require_splits: bool) -> None:
     """Fill in hashed splits when no line has one; record mixed or empty splits as problems."""
     if not scan.rows:
         scan.problems.append(f"{metadata}: no examples")
@@ -158,7 +162,7 @@ def _assign_splits(scan: _Scan, metadata: Path) -> None:
     with_split = [row for row in scan.rows if row.split is not None]
     if not with_split:
         for row in scan.rows:
-            row.split = _hash_split(row.file_name)
+            row.split = hash_split(row.file_name)
     elif len(with_split) < len(scan.rows):
         first = next(row for row in scan.rows if row.split is None)
         scan.problems.append(
@@ -167,13 +171,15 @@ def _assign_splits(scan: _Scan, metadata: Path) -> None:
         )
         return
     sizes = Counter(row.split for row in scan.rows)
-    for split in SPLITS:
+    for split in SPLITS if require_splits else ():
         if not sizes[split]:
             scan.problems.append(f"{metadata}: split '{split}' has no examples")
 
 
-def validate_imagefolder(path: str | Path) -> dict:
+def validate_imagefolder(path: str | Path, require_splits: bool = True) -> dict:
     """Check a site folder without keeping images, and summarise it (the "check before joining").
+
+    ``require_splits=False`` checks a held-out folder (every example evaluated, see `_scan`).
 
     Returns
     -------
@@ -186,7 +192,7 @@ def validate_imagefolder(path: str | Path) -> dict:
     DataError
         Listing up to 10 problems, each naming the file and line.
     """
-    scan = _scan(path, keep_images=False)
+    scan = _scan(path, keep_images=False, require_splits=require_splits)
     values: dict[str, set[str]] = {}
     for row in scan.rows:
         for key, value in row.attributes.items():
@@ -201,6 +207,42 @@ def validate_imagefolder(path: str | Path) -> dict:
     }
 
 
+def read_imagefolder(path: str | Path, require_splits: bool = True) -> list[tuple[str, VQAExample]]:
+    """Every example of a folder checked whole, in file order, with its split.
+
+    What a site folder, a held-out folder (``require_splits=False``) and a dataset split
+    into simulated sites (fedvlm/data/partitioned.py) all read, so all three are checked
+    alike, errors naming ``metadata.jsonl:<line>``.
+
+    Raises
+    ------
+    DataError
+        If anything in the folder is invalid; nothing is returned in that case.
+    """
+    scan = _scan(path, keep_images=True, require_splits=require_splits)
+    return [
+        (
+            row.split,
+            VQAExample(
+                image=scan.images[row.file_name],
+                question=row.question,
+                answer=row.answer,
+                question_type=row.question_type,
+                attributes=row.attributes,
+            ),
+        )
+        for row in scan.rows
+    ]
+
+
+def split_examples(rows: list[tuple[str, VQAExample]]) -> dict[str, list[VQAExample]]:
+    """(split, example) pairs grouped by split, every split present (maybe empty)."""
+    by_split: dict[str, list[VQAExample]] = {split: [] for split in SPLITS}
+    for split, example in rows:
+        by_split[split].append(example)
+    return by_split
+
+
 def load_imagefolder(path: str | Path) -> SiteData:
     """Load a site folder after checking all of it; images come back as RGB.
 
@@ -209,18 +251,8 @@ def load_imagefolder(path: str | Path) -> SiteData:
     DataError
         If anything in the folder is invalid; nothing is returned in that case.
     """
-    scan = _scan(path, keep_images=True)
-    by_split: dict[str, list[VQAExample]] = {split: [] for split in SPLITS}
-    for row in scan.rows:
-        by_split[row.split].append(
-            VQAExample(
-                image=scan.images[row.file_name],
-                question=row.question,
-                answer=row.answer,
-                question_type=row.question_type,
-                attributes=row.attributes,
-            )
-        )
+    rows = read_imagefolder(path)
+    by_split = split_examples(rows)
     root = Path(path).resolve()
     return SiteData(
         train=by_split["train"],
@@ -230,7 +262,7 @@ def load_imagefolder(path: str | Path) -> SiteData:
             "path": str(root),
             "n_train": len(by_split["train"]),
             "n_val": len(by_split["validation"]),
-            "images": len(scan.images),
+            "images": len({id(example.image) for _, example in rows}),
         },
     )
 

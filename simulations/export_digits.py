@@ -33,36 +33,42 @@ def digit_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(pixels * 255 / 16).astype(np.uint8))
 
 
-def write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, splits: list[str]) -> None:
-    """Write ``images`` as ``<index>.png`` and one ``metadata.jsonl`` row per image."""
+def write_folder(
+    folder: Path, images: np.ndarray, labels: np.ndarray, splits: list[str] | None
+) -> None:
+    """Write ``images`` as ``<index>.png`` and one ``metadata.jsonl`` row per image.
+
+    ``splits=None`` writes no ``split`` field: the held-out folder is evaluated whole, and a
+    folder whose rows are all "validation" would not pass as a site folder.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "metadata.jsonl", "w") as metadata:
-        for i, (pixels, label, split) in enumerate(zip(images, labels, splits, strict=True)):
+        for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
             name = f"{i:04d}.png"
             digit_image(pixels).save(folder / name)
             row = {
                 "file_name": name,
                 "question": QUESTION,
                 "answer": str(int(label)),
-                "split": split,
                 "question_type": QUESTION_TYPE,
             }
+            if splits is not None:
+                row["split"] = splits[i]
             metadata.write(json.dumps(row) + "\n")
+
+
+def heldout_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the site pool and of the held-out images: a stratified, seeded split."""
+    indices = np.arange(len(labels))
+    pool, heldout = train_test_split(indices, test_size=share, random_state=seed, stratify=labels)
+    return pool, heldout
 
 
 def export(out: Path, *, sites: int, alpha: float, heldout_share: float, seed: int) -> list[int]:
     """Write the site folders and ``heldout``; return each site's number of images."""
     digits = load_digits()
-    indices = np.arange(len(digits.target))
-    pool, heldout = train_test_split(
-        indices, test_size=heldout_share, random_state=seed, stratify=digits.target
-    )
-    write_folder(
-        out / "heldout",
-        digits.images[heldout],
-        digits.target[heldout],
-        ["validation"] * len(heldout),
-    )
+    pool, heldout = heldout_split(digits.target, heldout_share, seed)
+    write_folder(out / "heldout", digits.images[heldout], digits.target[heldout], None)
     partitioner = DirichletPartitioner(
         num_partitions=sites, partition_by="label", alpha=alpha, seed=seed, min_partition_size=20
     )

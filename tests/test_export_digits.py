@@ -1,4 +1,4 @@
-"""The digits exporter: real site folders a user could have written, skewed, with a clean held-out."""
+"""The digits exporter: valid, label-skewed site folders and a held-out folder no site holds."""
 
 import json
 from collections import Counter

@@ -48,7 +48,7 @@ app = ClientApp()
 def _prepare(msg: Message, context: Context):
     """Parse settings, load the cached model and data, and apply the global adapter."""
     # One torch thread per client process: two processes spinning OpenMP threads on two
-    # cores ran ~40x slower (NOTES.md). A GPU node may raise it in its node config.
+    # cores ran ~40x slower (docs/architecture.md). A GPU node may raise it in its node config.
     torch.set_num_threads(read(context.node_config, "torch-threads", int, 1))
     run = RunSettings.from_config(context.run_config)
     node = NodeSettings.from_config(context.node_config)

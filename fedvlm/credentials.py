@@ -1,6 +1,6 @@
 """Credentials of a federation: a CA, the SuperLink's TLS certificate, per-site node keys.
 
-Flower needs three kinds of files for a secure deployment (NOTES.md, "Deployment"):
+Flower needs three kinds of files for a secure deployment (docs/architecture.md, "Flower 1.42"):
 
 - a CA certificate (``ca.crt``) that every site uses to verify the SuperLink (and the
   operator's ``flwr`` CLI uses for the Control API);

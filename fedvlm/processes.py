@@ -115,7 +115,7 @@ def child_env(flwr_home: Path | None = None, threads: int = 1) -> dict[str, str]
     """Environment for Flower's processes: offline, quiet, `threads` torch threads each.
 
     Runtime dependency installation is off: with torch among the dependencies, Flower's
-    per-run `uv sync` would download gigabytes per run (NOTES.md).
+    per-run `uv sync` would download gigabytes per run (docs/architecture.md).
     """
     env = dict(os.environ)
     env.update(

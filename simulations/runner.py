@@ -1,6 +1,6 @@
 """Run a scenario as a real Flower simulation: our own SuperLink, `flwr run`, clean stop.
 
-`flwr run .` with the `:local:` address starts a SuperLink that outlives the run (NOTES.md),
+`flwr run .` with the `:local:` address starts a SuperLink that outlives the run (docs/architecture.md),
 and a user's main job must not leave a server behind. So this module starts
 `flower-superlink --simulation` itself on free loopback ports, points a private `FLWR_HOME`
 at it, submits the app with `flwr run --stream`, and stops the SuperLink's whole process

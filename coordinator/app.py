@@ -19,7 +19,7 @@ from coordinator import console, site_evaluation
 from coordinator.central_set import central_set
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
-from coordinator.liveness import wait_for_nodes
+from coordinator.liveness import dropped_nodes, evaluation_messages, wait_for_nodes
 from coordinator.privacy_guard import PrivacyGuard
 from coordinator.report import build_report
 from coordinator.round_record import node_energy, peak_gpu_by_node
@@ -54,21 +54,27 @@ app = ServerApp()
 
 
 def evaluate_at_sites(
-    strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, timeout: float
+    strategy: Strategy,
+    grid: Grid,
+    server_round: int,
+    arrays: ArrayRecord,
+    timeout: float,
+    survivors: list[int] | None = None,
 ) -> tuple[list[Message], dict]:
     """Federated evaluation on each site's own validation split (scalars only).
 
-    Returns the replies and the round's ``site_eval`` block: each site's figures, weighted
-    mean, worst site, fairness gap (Flower's own aggregate_evaluate refuses replies whose
-    per-type/per-group keys differ by site).
+    Only the round's train `survivors` that are still connected are asked (all connected
+    nodes when None), so a site that died mid-round cannot stall the round
+    (coordinator/liveness.py). Returns the replies and the round's ``site_eval`` block: each
+    site's figures, weighted mean, worst site, fairness gap, and the nodes asked that did not
+    answer (Flower's own aggregate_evaluate refuses replies whose per-type/per-group keys
+    differ by site).
     """
-    replies = list(
-        grid.send_and_receive(
-            list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)),
-            timeout=timeout,
-        )
-    )
-    return replies, site_evaluation.round_block(replies)
+    sent = evaluation_messages(strategy, grid, server_round, arrays, survivors)
+    replies = list(grid.send_and_receive(sent, timeout=timeout)) if sent else []
+    block = site_evaluation.round_block(replies)
+    block["dropped"] = dropped_nodes(sent, replies)
+    return replies, block
 
 
 @app.main()
@@ -186,7 +192,12 @@ def main(grid: Grid, context: Context) -> None:
 
         # 2. Federated evaluation on each site's own validation split (scalars only).
         eval_replies, site_eval = evaluate_at_sites(
-            strategy, grid, server_round, new_global, run.round_timeout
+            strategy,
+            grid,
+            server_round,
+            new_global,
+            run.round_timeout,
+            survivors=[m.metadata.src_node_id for m in trained.replies if not m.has_error()],
         )
 
         # 3. Central evaluation on the coordinator's own held-out set, if it has one.

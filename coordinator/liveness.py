@@ -2,15 +2,18 @@
 
 Flower's FedAvg sampling waits *forever* for ``min_available_nodes`` to be connected, and a
 round's `send_and_receive` simply returns fewer replies when a site dies (after
-``round-timeout``). This module bounds the first wait, names the sites that did not answer,
-and stops the run with a clear message when too few answered to aggregate.
+``round-timeout``). This module bounds the first wait, sends evaluation only to sites that
+are still there, names the sites that did not answer, and stops the run with a clear message
+when too few answered to aggregate.
 """
 
+import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedvlm.errors import FedVLMError
 
@@ -62,3 +65,47 @@ def require_replies(server_round: int, answered: int, minimum: int, dropped: lis
             f"{dropped}. The run stops here; the last completed round is checkpointed, so "
             "it can be resumed (resume = <run folder>) once enough sites are back."
         )
+
+
+class _ConnectedNodes:
+    """A read-only view of a `Grid` that lists only the given, still connected nodes.
+
+    Why: Flower's ``configure_evaluate`` samples through ``sample_nodes``, which polls
+    ``get_node_ids()`` until ``min_available_nodes`` are connected, with no timeout. After a
+    site dies mid-round that loop never ends; sampling from this view, with the strategy's
+    minimums capped at what the view holds, cannot wait.
+    """
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid = grid
+        self._nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
+def evaluation_messages(
+    strategy: Strategy,
+    grid: Grid,
+    server_round: int,
+    arrays: ArrayRecord,
+    candidates: Collection[int] | None = None,
+) -> list[Message]:
+    """The strategy's evaluate messages, sampled only among connected `candidates`.
+
+    `candidates` are the round's train survivors (None: every connected node, as before the
+    first round). The strategy still decides the sample (``fraction-evaluate``) and builds the
+    messages; it is copied, never changed, to cap its minimums at the nodes still there.
+    """
+    connected = [node for node in grid.get_node_ids() if candidates is None or node in candidates]
+    if not connected:
+        return []
+    view = copy.copy(strategy)
+    for minimum in ("min_available_nodes", "min_evaluate_nodes"):
+        if hasattr(view, minimum):
+            setattr(view, minimum, min(getattr(view, minimum), len(connected)))
+    view_grid = _ConnectedNodes(grid, connected)
+    return list(view.configure_evaluate(server_round, arrays, ConfigRecord(), view_grid))

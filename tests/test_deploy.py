@@ -343,11 +343,15 @@ def test_a_site_dying_mid_round_is_recorded_and_the_round_completes(
     wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
     survivor, victim = start_nodes(processes, creds, folders, port)
 
-    def training() -> bool:
+    def clientapps() -> set[int]:
         tree = psutil.Process(victim.pid).children(recursive=True)
-        return any("flwr-clientapp" in " ".join(p.cmdline()) for p in tree)
+        return {p.pid for p in tree if "flwr-clientapp" in " ".join(p.cmdline())}
 
-    wait_for(training, RUN_TIMEOUT, "the second site's first ClientApp", coordinator)
+    # Round 0 is evaluated at the sites (real folders, no held-out set): kill in round 1,
+    # in a ClientApp that did not exist when round 0 was recorded.
+    wait_for(lambda: len(read_ledger(run)) >= 1, RUN_TIMEOUT, "round 0", coordinator)
+    round_0 = clientapps()
+    wait_for(lambda: clientapps() - round_0, RUN_TIMEOUT, "site-b's round-1 ClientApp", coordinator)
     processes.sigkill_tree(victim)  # the site dies while it trains
 
     assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
@@ -355,5 +359,8 @@ def test_a_site_dying_mid_round_is_recorded_and_the_round_completes(
     assert [r["round"] for r in rows] == [0, 1]
     assert len(rows[1]["sites"]) == 1 and len(rows[1]["dropped"]) == 1
     assert rows[1]["dropped"] != rows[1]["sites"]
+    # Evaluation went to the survivor only: Flower's sampling would have waited forever for
+    # min-available-nodes = 2 (coordinator/liveness.py evaluation_messages).
+    assert list(rows[1]["site_eval"]["sites"]) == [str(n) for n in rows[1]["sites"]]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert survivor.poll() is None

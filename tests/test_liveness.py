@@ -5,6 +5,7 @@ from test_strategies_fixtures import (  # noqa: F401  (task_identity is an autou
     FakeGrid,
     adapter,
     error_reply,
+    record,
     reply,
     send,
     task_identity,
@@ -13,6 +14,7 @@ from test_strategies_fixtures import (  # noqa: F401  (task_identity is an autou
 from coordinator.liveness import (
     NotEnoughSitesError,
     dropped_nodes,
+    evaluation_messages,
     require_replies,
     wait_for_nodes,
 )
@@ -34,3 +36,20 @@ def test_a_node_that_errs_or_never_answers_is_dropped():
     require_replies(1, answered=1, minimum=1, dropped=[12, 13])
     with pytest.raises(NotEnoughSitesError, match=r"round 4: only 1 site.*\[12, 13\]"):
         require_replies(4, answered=1, minimum=2, dropped=[12, 13])
+
+
+def test_evaluation_is_sampled_only_from_connected_survivors_and_never_waits():
+    """A site died mid-round: 2 of min-available-nodes = 3 are left connected.
+
+    Flower's own ``configure_evaluate`` would poll ``get_node_ids()`` forever here (the
+    hang this guards against); removing the cap on the strategy's minimums in
+    ``evaluation_messages`` makes this test hang instead of passing.
+    """
+    strategy = build_strategy("fedavg", min_available_nodes=3, min_train_nodes=3)
+    grid = FakeGrid([11, 12])  # node 13 is gone
+    messages = evaluation_messages(strategy, grid, 1, record(adapter()), candidates=[11, 13])
+    assert [m.metadata.dst_node_id for m in messages] == [11]
+    assert strategy.min_available_nodes == 3  # the strategy itself is not changed
+    everyone = evaluation_messages(strategy, grid, 0, record(adapter()))
+    assert sorted(m.metadata.dst_node_id for m in everyone) == [11, 12]
+    assert evaluation_messages(strategy, grid, 1, record(adapter()), candidates=[13]) == []

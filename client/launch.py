@@ -7,7 +7,6 @@ image folder is validated here first (every problem named by file and line) and
 and ``--node-config 'data-path="..."'`` plus the site's own settings.
 """
 
-import json
 import shlex
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
+from fedvlm.flower_toml import inline_config
 from fedvlm.processes import (
     child_env,
     exit_on_sigterm,
@@ -88,13 +88,7 @@ class NodeOptions:
 
 def node_config_text(data_path: Path, settings: Mapping[str, Any]) -> str:
     """Flower's ``--node-config`` value: space-separated ``key=value`` with TOML values."""
-    values = {"data-path": str(data_path.resolve()), **settings}
-    parts = []
-    for key, value in values.items():
-        if not isinstance(value, str | int | float | bool):
-            raise FedVLMError(f"--node-config {key}: only scalars are allowed, got {value!r}")
-        parts.append(f"{key}={json.dumps(value)}")
-    return " ".join(parts)
+    return inline_config({"data-path": str(data_path.resolve()), **settings}, "--node-config")
 
 
 def supernode_command(opts: NodeOptions, port: int) -> list[str]:

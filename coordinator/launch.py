@@ -31,6 +31,7 @@ from typing import Any
 from coordinator.checkpoint import CHECKPOINT
 from fedvlm.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvlm.errors import FedVLMError
+from fedvlm.flower_toml import config_file_text
 from fedvlm.processes import (
     PROJECT_ROOT,
     child_env,
@@ -228,17 +229,10 @@ def _json_reply(stdout: str) -> dict[str, Any]:
         return {}
 
 
-def _toml_line(key: str, value: Any) -> str:
-    """One TOML assignment; JSON scalars (str, int, float, bool) are valid TOML values."""
-    if not isinstance(value, str | int | float | bool):
-        raise FedVLMError(f"--run-config {key}: only scalars are allowed, got {value!r}")
-    return f"{key} = {json.dumps(value)}\n"
-
-
 def submit_run(opts: CoordinatorOptions, env: Mapping[str, str]) -> int:
     """`flwr run --stream` with the run config; return flwr's exit code."""
     config_file = opts.state_dir / "run-config.toml"
-    config_file.write_text("".join(_toml_line(k, v) for k, v in opts.run_config.items()))
+    config_file.write_text(config_file_text(opts.run_config))
     command = [
         flower_executable("flwr"),
         "run",

@@ -17,6 +17,8 @@ from typing import IO
 
 import psutil
 
+from fedvlm.flower_toml import connection_file_text
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -154,19 +156,17 @@ def write_connection(
     address: str,
     *,
     root_certificates: Path | None = None,
-    extra_lines: str = "",
 ) -> None:
     """Write a private `FLWR_HOME/config.toml` naming one SuperLink connection (default).
 
     Without `root_certificates` the connection is insecure (plain HTTP).
     """
     flwr_home.mkdir(parents=True, exist_ok=True)
-    security = (
-        f'root-certificates = "{root_certificates}"\n'
+    security: dict[str, str | bool] = (
+        {"root-certificates": str(root_certificates)}
         if root_certificates is not None
-        else "insecure = true\n"
+        else {"insecure": True}
     )
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
-        f'address = "{address}"\n{security}{extra_lines}'
+        connection_file_text(name, {"address": address, **security})
     )

@@ -1,7 +1,7 @@
 """Run a scenario as a real Flower simulation: our own SuperLink, `flwr run`, clean stop.
 
-`flwr run .` with the `:local:` address starts a SuperLink that outlives the run (docs/architecture.md),
-and a user's main job must not leave a server behind. So this module starts
+`flwr run .` with the `:local:` address starts a SuperLink that outlives the run
+(docs/architecture.md), and a user's main job must not leave a server behind. So this module starts
 `flower-superlink --simulation` itself on free loopback ports, points a private `FLWR_HOME`
 at it, submits the app with `flwr run --stream`, and stops the SuperLink's whole process
 group afterwards, also on Ctrl-C or failure. Flower's per-run dependency installation is
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedvlm.flower_toml import config_file_text, inline_config
 from fedvlm.processes import (
     PROJECT_ROOT,
     child_env,
@@ -26,7 +27,7 @@ from fedvlm.processes import (
     wait_for_port,
     write_connection,
 )
-from simulations.scenario import Scenario, toml_value
+from simulations.scenario import Scenario
 
 CONNECTION = "fedvlm-simulation"
 
@@ -79,9 +80,7 @@ def run_scenario(
     with tempfile.TemporaryDirectory(prefix="fedvlm-flwr-home-") as home:
         flwr_home = Path(home)
         overrides_file = flwr_home / "run-config.toml"
-        overrides_file.write_text(
-            "".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items())
-        )
+        overrides_file.write_text(config_file_text(run_config))
         with simulation_superlink(flwr_home, run_folder) as connection:
             result = subprocess.run(
                 [
@@ -93,7 +92,7 @@ def run_scenario(
                     "--run-config",
                     str(overrides_file),
                     "--federation-config",
-                    " ".join(f"{k}={toml_value(v)}" for k, v in scenario.federation.items()),
+                    inline_config(scenario.federation, "--federation-config"),
                 ],
                 env=child_env(flwr_home),
                 cwd=PROJECT_ROOT,

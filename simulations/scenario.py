@@ -22,16 +22,6 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def toml_value(value: Any) -> str:
-    """Render a scalar as TOML (Flower's --run-config and config.toml take TOML values)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 def app_config_keys() -> set[str]:
     """The run-config keys the app declares in pyproject's `[tool.flwr.app.config]`."""
     with PYPROJECT.open("rb") as f:

@@ -27,8 +27,9 @@ SCENARIO = Scenario(
 
 
 def test_a_simulated_federation_with_secure_aggregation_and_client_level_dp_learns(tmp_path):
-    # Four sites cannot buy a meaningful client-level ε (docs/architecture.md: DP needs many sites): the
-    # noise here is small enough to learn, so this checks the composition, not the privacy.
+    # Four sites cannot buy a meaningful client-level ε (docs/architecture.md: DP needs many
+    # sites): the noise here is small enough to learn, so this checks the composition,
+    # not the privacy.
     dp = {
         "dp-mode": "client",
         "dp-client-clip": 5.0,

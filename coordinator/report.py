@@ -1,6 +1,6 @@
 """The run report, rebuilt from the run folder's ledger alone.
 
-`python -m coordinator.report RUN_DIR` (or `fedvlm report RUN_DIR`) reads `ledger.jsonl` and
+`fedvlm report RUN_DIR` reads `ledger.jsonl` and
 `run.json` (and `baselines.json` when a simulation left one), writes the PNG plots under
 `plots/`, a `report.json` summary with the plotted series, the model card `adapter/README.md`
 and one self-contained page `report.html` (coordinator/html_report.py). Nothing else is
@@ -10,16 +10,13 @@ the same files.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from coordinator import plots, site_plots
 from coordinator.html_report import read_baselines, write_html_report
 from coordinator.model_card import write_model_card
-from fedvlm.errors import FedVLMError
 from fedvlm.ledger_schema import load_run, privacy_entries, summarize
 
 PLOTS_DIR = "plots"
@@ -71,24 +68,3 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     }
     (run.path / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m coordinator.report RUN_DIR`."""
-    parser = argparse.ArgumentParser(description="Rebuild a run's plots and model card.")
-    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/20261129-120000")
-    args = parser.parse_args(argv)
-    try:
-        report = build_report(args.run_dir)
-    except FedVLMError as error:
-        print(f"fedvlm: error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"fedvlm: report rebuilt in {args.run_dir}: {', '.join(report['plots'])} plots, "
-        f"model card {report['model_card']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,11 +20,6 @@ from fedvlm.families import IGNORE, TOKEN_KEYS, family_for_config, family_for_pr
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", *TOKEN_KEYS)
 
 
-def prompt_text(processor: ProcessorMixin, question: str) -> str:
-    """The chat-formatted user turn for ``question``, ending where the answer starts."""
-    return family_for_processor(processor).prompt(processor, question)
-
-
 def encode(
     processor: ProcessorMixin, examples: Sequence[VQAExample], *, with_answer: bool = True
 ) -> dict[str, torch.Tensor]:

@@ -241,8 +241,3 @@ def make_credentials(
     _write_public(out / SERVER_CERT, server_cert.public_bytes(serialization.Encoding.PEM))
     site_keys = {s: make_site_key(out, s, force=force) for s in sites}
     return Credentials(out, out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, site_keys)
-
-
-def public_key_files(folder: str | Path) -> list[Path]:
-    """The site public keys (``*.pub``) of a credentials folder, sorted by name."""
-    return sorted(Path(folder).expanduser().glob("*.pub"))

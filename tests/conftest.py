@@ -1,7 +1,13 @@
 """Fixtures more than one test file needs."""
 
-import pytest
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
+import pytest
+from peft import PeftModel
+
+from fedvlm.adapter import get_adapter_state, set_adapter_state
+from fedvlm.vlm import load_peft_model
 from simulations.in_process import serverapp_identity as identity
 
 
@@ -14,3 +20,36 @@ def serverapp_identity():
     """
     with identity():
         yield
+
+
+@contextmanager
+def _restored(model: PeftModel) -> Iterator[PeftModel]:
+    """Give `model` back as it was: adapter values, trainable flags and train/eval mode."""
+    adapter = get_adapter_state(model)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    training = model.training
+    try:
+        yield model
+    finally:
+        set_adapter_state(model, adapter)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable[name])
+        model.train(training)
+
+
+@pytest.fixture
+def cached_peft_model() -> Iterator[Callable[..., tuple]]:
+    """`load_peft_model` for a test that changes the model, restored in `finally`.
+
+    Why: `fedvlm.vlm.load_peft_model` is an `lru_cache` shared by every test of the process
+    (reloading the base per test would cost minutes); a test that trains or overwrites the
+    cached adapter must not leak that into the tests after it, also when it fails.
+    """
+    with ExitStack() as stack:
+
+        def load(*args, **kwargs) -> tuple:
+            model, processor = load_peft_model(*args, **kwargs)
+            stack.enter_context(_restored(model))
+            return model, processor
+
+        yield load

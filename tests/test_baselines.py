@@ -11,7 +11,7 @@ from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import DataError
 from fedvlm.lora import apply_lora
 from fedvlm.training import evaluate, train_local
-from fedvlm.vlm import load_base, load_peft_model
+from fedvlm.vlm import load_base
 from simulations.baselines import compute_baselines, main
 
 RUN_CONFIG = {
@@ -27,7 +27,7 @@ RUN = RunSettings.from_config(RUN_CONFIG)
 
 
 @pytest.fixture
-def run_dir(tmp_path):
+def run_dir(tmp_path, cached_peft_model):
     """A finished two-site run: run.json, a ledger naming two sites, a final adapter."""
     path = tmp_path / "run"
     path.mkdir()
@@ -37,13 +37,11 @@ def run_dir(tmp_path):
         {"round": 1, "sites": [5, 9], "heldout_accuracy": 0.4},
     ]
     (path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model, _ = load_peft_model(RUN.base_model, RUN.lora)
-    before = get_adapter_state(model)
-    final = b_moved_off_zero(before, seed=11)
+    model, _ = cached_peft_model(RUN.base_model, RUN.lora)
+    final = b_moved_off_zero(get_adapter_state(model), seed=11)
     set_adapter_state(model, final)
     model.save_pretrained(path / "adapter")
-    set_adapter_state(model, before)
-    return path, final, before
+    return path, final
 
 
 def _site(k: int):
@@ -59,15 +57,15 @@ def _site(k: int):
     )
 
 
-def test_baselines_match_direct_training_and_evaluation(run_dir):
-    path, final, cached = run_dir
+def test_baselines_match_direct_training_and_evaluation(run_dir, cached_peft_model):
+    path, final = run_dir
     # The run's seeded initial adapter (the cached model's may have been overwritten by
     # earlier tests; the baselines rebuild it the same way).
     initial = get_adapter_state(apply_lora(load_base(RUN.base_model)[0], RUN.lora))
     baselines = compute_baselines(path, personalise_steps=2)
     assert baselines["local_only_steps"] == 6 and baselines["personalise_steps"] == 2
     assert list(baselines["sites"]) == ["site-0", "site-1"]
-    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    model, processor = cached_peft_model(RUN.base_model, RUN.lora)
     for k in range(2):
         site, entry = _site(k), baselines["sites"][f"site-{k}"]
         set_adapter_state(model, final)
@@ -77,11 +75,10 @@ def test_baselines_match_direct_training_and_evaluation(run_dir):
         set_adapter_state(model, initial)
         train_local(model, processor, site.train, steps=6, lr=0.01, batch_size=4, seed=k)
         assert entry["local_only"] == pytest.approx(evaluate(model, processor, site.val).accuracy)
-    set_adapter_state(model, cached)
 
 
 def test_command_writes_baselines_json_and_the_report_shows_them(run_dir):
-    path, _, _ = run_dir
+    path, _ = run_dir
     assert main([str(path), "--personalise-steps", "1"]) == 0
     written = json.loads((path / "baselines.json").read_text())
     assert set(written["sites"]["site-0"]) == {
@@ -98,7 +95,7 @@ def test_command_writes_baselines_json_and_the_report_shows_them(run_dir):
 
 
 def test_a_run_without_its_final_adapter_is_refused(run_dir):
-    path, _, _ = run_dir
+    path, _ = run_dir
     (path / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(DataError, match="no final adapter"):
         compute_baselines(path)

@@ -94,8 +94,10 @@ def _update(reply: Message) -> dict[str, np.ndarray]:
 # --- FFA-LoRA -----------------------------------------------------------------------------
 
 
-def test_ffa_lora_site_keeps_a_frozen_and_sends_only_b_and_the_projector(global_adapter):
-    model, _ = load_peft_model(RUN.base_model, RUN.lora)
+def test_ffa_lora_site_keeps_a_frozen_and_sends_only_b_and_the_projector(
+    global_adapter, cached_peft_model
+):
+    model, _ = cached_peft_model(RUN.base_model, RUN.lora)
     plain = _deliver(_train_message(global_adapter, 5), _context(5, 0))
     plain_update = _update(plain)
     a_names = [k for k in global_adapter if factor_of(k) == "A"]
@@ -134,7 +136,7 @@ def test_a_site_rank_above_the_run_rank_is_refused_naming_the_node_key(global_ad
 
 @pytest.mark.parametrize("name", ["hetlora", "flora"])
 def test_sites_of_rank_4_and_8_train_and_aggregate_into_a_global_of_the_run_rank(
-    name, global_adapter
+    name, global_adapter, cached_peft_model
 ):
     ranks = {21: 4, 22: 8}
     strategy = build_strategy(
@@ -202,14 +204,16 @@ def test_sites_of_rank_4_and_8_train_and_aggregate_into_a_global_of_the_run_rank
                 got[name_b].astype(np.float64) @ got[name_a], best, atol=1e-5
             )
     # The coordinator's model of the run's rank and each site can load the new global.
-    coordinator, _ = load_peft_model(RUN.base_model, RUN.lora)
+    coordinator, _ = cached_peft_model(RUN.base_model, RUN.lora)
     set_adapter_state(coordinator, arrayrecord_to_adapter(new_global))
     client_app.train_update(
         _train_message(arrayrecord_to_adapter(new_global), 21), _context(21, 0, **{"lora-rank": 4})
     )
 
 
-def test_a_smaller_site_pads_its_update_when_the_coordinator_only_sums(global_adapter):
+def test_a_smaller_site_pads_its_update_when_the_coordinator_only_sums(
+    global_adapter, cached_peft_model
+):
     client_dp = {
         **RUN_CONFIG,
         "dp-mode": "client",
@@ -260,7 +264,10 @@ def _manual_prox_update(global_adapter: Adapter, mu: float, seed: int) -> dict[s
     return {k: trained[k] - global_adapter[k] for k in trained}
 
 
-def test_fedprox_term_changes_the_local_update_as_its_gradient_says(global_adapter):
+def test_fedprox_term_changes_the_local_update_as_its_gradient_says(
+    global_adapter, cached_peft_model
+):
+    cached_peft_model(RUN.base_model, RUN.lora)  # _manual_prox_update trains the cached model
     mu = 2.0
     seed = RUN.seed + 100_003 * 1 + 0  # the client's seed for round 1, partition 0
     plain = _update(_deliver(_train_message(global_adapter, 5), _context(5, 0)))

@@ -193,13 +193,19 @@ def test_node_keys_override_run_keys():
     assert (settings.dtype, settings.device) == ("float16", "cpu")
 
 
-def test_device_and_4bit_refuse_clearly_where_they_cannot_run():
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="device.*no CUDA"):
-            ModelSettings(device="cuda").torch_device()
-    if importlib.util.find_spec("bitsandbytes") is None:
-        with pytest.raises(ConfigError, match=r"load-in-4bit.*bitsandbytes.*fedvlm\[qlora\]"):
-            load_base("embedded", runtime=ModelSettings(load_in_4bit=True))
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: nothing to refuse")
+def test_device_cuda_is_refused_clearly_without_cuda():
+    with pytest.raises(ConfigError, match="device.*no CUDA"):
+        ModelSettings(device="cuda").torch_device()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is not None,
+    reason="bitsandbytes is installed: nothing to refuse",
+)
+def test_4bit_is_refused_clearly_without_bitsandbytes():
+    with pytest.raises(ConfigError, match=r"load-in-4bit.*bitsandbytes.*fedvlm\[qlora\]"):
+        load_base("embedded", runtime=ModelSettings(load_in_4bit=True))
 
 
 def test_unsupported_architecture_names_the_key():

@@ -1,15 +1,6 @@
 """Sites that vanish: bounded waits, who dropped, and a clear stop below the minimum."""
 
 import pytest
-from test_strategies_fixtures import (  # noqa: F401  (task_identity is an autouse fixture)
-    FakeGrid,
-    adapter,
-    error_reply,
-    record,
-    reply,
-    send,
-    task_identity,
-)
 
 from coordinator.liveness import (
     NotEnoughSitesError,
@@ -19,6 +10,15 @@ from coordinator.liveness import (
     wait_for_nodes,
 )
 from strategies import build_strategy
+from tests.strategy_helpers import (  # noqa: F401  (task_identity is an autouse fixture)
+    FakeGrid,
+    adapter,
+    error_reply,
+    record,
+    reply,
+    send,
+    task_identity,
+)
 
 
 def test_wait_for_nodes_is_bounded_and_names_the_keys():

@@ -151,7 +151,7 @@ def test_report_rebuilds_the_same_from_the_ledger(run_dir: Path) -> None:
     for path in [run_dir / "plots", run_dir / "adapter", run_dir / "report.json"]:
         subprocess.run(["rm", "-rf", str(path)], check=True)
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator.report", str(run_dir)],
+        [str(Path(sys.executable).parent / "fedvlm"), "report", str(run_dir)],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,

@@ -2,14 +2,14 @@
 started by `fedvlm coordinator` / `fedvlm node`, where every stage message starts a fresh
 ClientApp process, so the sites' secrets must survive in `context.state` between them.
 
-Reuses the deployment helpers and fixtures of tests/test_deploy.py.
+Uses the deployment helpers and fixtures of tests/deploy_helpers.py.
 """
 
 import pytest
 
 from coordinator.ledger import read_ledger
 from fedvlm.processes import free_port
-from tests.test_deploy import (
+from tests.deploy_helpers import (
     RUN_TIMEOUT,
     coordinator_args,
     federation_files,  # noqa: F401  (a fixture, used by name)

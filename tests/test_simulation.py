@@ -1,5 +1,6 @@
 """A real 2-site x 2-round federation through Flower's simulation engine (SuperLink + Ray)."""
 
+import csv
 import json
 
 import pytest
@@ -25,7 +26,9 @@ def test_smoke_federation_writes_a_loadable_run_folder(tmp_path):
         assert row["bytes_up"] > 0 and row["bytes_down"] > 0
         assert 0.0 <= row["heldout_accuracy"] <= 1.0
         assert list(row["peak_gpu_mb"].values()) == [0.0, 0.0]  # both sites, on CPU
-    assert (run_dir / "ledger.csv").read_text().startswith("")
+    with open(run_dir / "ledger.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in csv_rows] == [r["round"] for r in rows]
     meta = json.loads((run_dir / "run.json").read_text())
     assert "ended" in meta
 

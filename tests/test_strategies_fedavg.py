@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 from flwr.serverapp.exception import AggregationError
-from test_strategies_fixtures import (
+
+from fedvlm import contract
+from fedvlm.errors import ConfigError
+from strategies import STRATEGIES, FedAvg, build_strategy, require_linear
+from tests.strategy_helpers import (
     LORA_B,
     adapter,
     reply,
@@ -11,10 +15,6 @@ from test_strategies_fixtures import (
     task_identity,  # noqa: F401 - autouse fixture
     to_numpy,
 )
-
-from fedvlm import contract
-from fedvlm.errors import ConfigError
-from strategies import STRATEGIES, FedAvg, build_strategy, require_linear
 
 WEIGHTS = [3, 10, 7]
 

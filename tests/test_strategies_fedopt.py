@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
-from test_strategies_fixtures import (
+
+from fedvlm import contract
+from fedvlm.errors import ConfigError
+from strategies import FedAdam, FedYogi
+from tests.strategy_helpers import (
     FakeGrid,
     record,
     reply,
@@ -12,10 +16,6 @@ from test_strategies_fixtures import (
     task_identity,  # noqa: F401 - autouse fixture
     to_numpy,
 )
-
-from fedvlm import contract
-from fedvlm.errors import ConfigError
-from strategies import FedAdam, FedYogi
 
 ETA, BETA_1, BETA_2, TAU = 0.05, 0.9, 0.99, 1e-3
 WEIGHTS = [2, 5, 3]

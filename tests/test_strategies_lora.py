@@ -2,16 +2,6 @@
 
 import numpy as np
 import pytest
-from test_strategies_fixtures import (
-    LORA_A,
-    LORA_B,
-    PROJECTOR,
-    adapter,
-    reply,
-    send,
-    task_identity,  # noqa: F401 - autouse fixture
-    to_numpy,
-)
 
 from fedvlm import contract
 from fedvlm.lora_factors import (
@@ -24,6 +14,16 @@ from fedvlm.lora_factors import (
 )
 from strategies import FFALoRA, FLoRA, HetLoRA
 from strategies.validation import CHECK_KEYS, CHECK_SHAPE
+from tests.strategy_helpers import (
+    LORA_A,
+    LORA_B,
+    PROJECTOR,
+    adapter,
+    reply,
+    send,
+    task_identity,  # noqa: F401 - autouse fixture
+    to_numpy,
+)
 
 WEIGHTS = [5, 20, 9]
 

@@ -3,13 +3,6 @@
 import numpy as np
 import pytest
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-from test_strategies_fixtures import (
-    adapter,
-    reply,
-    send,
-    task_identity,  # noqa: F401 - autouse fixture
-    to_numpy,
-)
 
 from fedvlm import contract
 from fedvlm.errors import ConfigError
@@ -21,6 +14,13 @@ from strategies import (
     TrimmedMean,
     build_strategy,
     require_linear,
+)
+from tests.strategy_helpers import (
+    adapter,
+    reply,
+    send,
+    task_identity,  # noqa: F401 - autouse fixture
+    to_numpy,
 )
 
 NODES = (11, 12, 13, 14, 15)

@@ -3,18 +3,6 @@
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from test_strategies_fixtures import (
-    LORA_A,
-    LORA_B,
-    PROJECTOR,
-    adapter,
-    error_reply,
-    record,
-    reply,
-    send,
-    task_identity,  # noqa: F401 - autouse fixture
-    to_numpy,
-)
 
 from fedvlm import contract
 from strategies import FedAvg
@@ -29,6 +17,18 @@ from strategies.validation import (
     InvalidUpdateError,
     check_update,
     spec_of,
+)
+from tests.strategy_helpers import (
+    LORA_A,
+    LORA_B,
+    PROJECTOR,
+    adapter,
+    error_reply,
+    record,
+    reply,
+    send,
+    task_identity,  # noqa: F401 - autouse fixture
+    to_numpy,
 )
 
 GOOD_WEIGHTS = [4, 6]

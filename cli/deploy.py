@@ -46,10 +46,14 @@ def _credentials(args: argparse.Namespace) -> int:
 
 def _coordinator(args: argparse.Namespace) -> int:
     from coordinator.launch import PROJECT_ROOT, CoordinatorOptions, run_coordinator
+    from coordinator.run_folder import saved_run_config
 
     run_config = parse_pairs(args.run_config, "--run-config")
-    if args.resume:
-        run_config["resume"] = args.resume
+    if args.resume:  # the interrupted run's settings, from its folder; flags may add to them
+        folder = Path(args.resume).expanduser()
+        if not folder.is_dir():  # a run name under run-dir
+            folder = Path(str(run_config.get("run-dir", "runs"))).expanduser() / args.resume
+        run_config = {**saved_run_config(folder), **run_config, "resume": str(folder.resolve())}
     # Deployed sites hold their own images: no synthetic held-out figure (central_set.py).
     run_config.setdefault("site-data", "folders")
     if run_config.get("heldout-path"):  # checked whole before the SuperLink starts
@@ -148,7 +152,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a [tool.flwr.app.config] value (repeat)",
     )
-    coord.add_argument("--resume", default="", help="run folder of an interrupted run")
+    coord.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN_FOLDER",
+        help="continue an interrupted run; its settings are read from RUN_FOLDER/run.json",
+    )
     coord.add_argument("--project", default=None, help="Flower app folder (this project)")
     coord.add_argument(
         "--keep-running", action="store_true", help="leave the SuperLink running after the run"

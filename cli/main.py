@@ -13,6 +13,7 @@ matplotlib first (0.3 s against about 10 s on a loaded 2-core machine).
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from cli.deploy import add_deploy_commands, parse_pairs
@@ -51,9 +52,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# One worked example per subcommand, shown at the end of its --help.
+EXAMPLES = {
+    "simulate": "fedvlm simulate --scenario default --run-config num-server-rounds=3\n"
+    "fedvlm simulate --sites ./sites --run-config 'heldout-path=\"./heldout\"'",
+    "report": "fedvlm report runs/default-20261129-120000",
+    "credentials": "fedvlm credentials --out credentials --host fl.example.org "
+    "--site hospital-a --site hospital-b",
+    "coordinator": "fedvlm coordinator --credentials credentials --state-dir superlink-state "
+    "--run-config num-server-rounds=10\n"
+    "fedvlm coordinator --credentials credentials --resume runs/deploy-20261130-101500",
+    "node": "fedvlm node --superlink fl.example.org:8000 --data /data/site-images "
+    "--ca-cert ca.crt --private-key hospital-a.key",
+    "check-data": "fedvlm check-data /data/site-images",
+    "explain": "fedvlm explain --data /data/site-images "
+    "--adapter runs/default-20261129-120000/adapter --out explanations",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fedvlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fedvlm {version('fedvlm')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate a federation on this machine (Flower engine)")
@@ -92,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_deploy_commands(sub)
     add_explain_command(sub)
+    for name, command in sub.choices.items():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = "example:\n  " + EXAMPLES[name].replace("\n", "\n  ")
     return parser
 
 

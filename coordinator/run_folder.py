@@ -15,6 +15,7 @@ from peft import PeftModel
 from coordinator.atomic import write_atomic
 from fedvlm.config import RunSettings
 from fedvlm.energy import describe_hardware
+from fedvlm.errors import FedVLMError
 from fedvlm.vlm import resolve_model_path
 
 ADAPTER_DIR = "adapter"
@@ -54,3 +55,19 @@ class RunFolder:
         meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_atomic(self.path / RUN_JSON, json.dumps(meta, indent=2, default=str).encode())
         return target
+
+
+def saved_run_config(folder: Path) -> dict[str, Any]:
+    """The run config an interrupted run started with (its `run.json`), for ``--resume``.
+
+    Why: a resumed run must keep its settings (coordinator/checkpoint.py refuses a change),
+    so making the operator repeat every ``--run-config`` only invites a mismatch.
+    """
+    path = folder / RUN_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FedVLMError(f"--resume: {path} does not exist; is {folder} a run folder?") from None
+    except json.JSONDecodeError as exc:
+        raise FedVLMError(f"--resume: {path} is not valid JSON ({exc})") from None
+    return {k: v for k, v in meta.get("run_config", {}).items() if k != "resume"}

@@ -186,7 +186,10 @@ def test_coordinator_killed_mid_run_resumes_to_the_same_adapter(
     assert [r["round"] for r in read_ledger(run)] == [0, 1]
     assert not (run / "adapter").exists()
 
-    resumed, log2 = processes.start("coordinator-2", args + ["--resume", str(run)])
+    # No --run-config on resume: the settings come back from the run folder's run.json.
+    pairs = {i for i, a in enumerate(args) if a == "--run-config"}
+    bare = [a for i, a in enumerate(args) if i not in pairs and i - 1 not in pairs]
+    resumed, log2 = processes.start("coordinator-2", bare + ["--resume", str(run)])
     assert resumed.wait(timeout=RUN_TIMEOUT) == 0, log2.read_text()[-3000:]
     assert "resuming after round 1" in log2.read_text()
     assert [r["round"] for r in read_ledger(run)] == [0, 1, 2]  # no round counted twice

@@ -53,7 +53,7 @@ def _prepare(msg: Message, context: Context):
     run = RunSettings.from_config(context.run_config)
     node = NodeSettings.from_config(context.node_config)
     site = load_site(node, run.simulation, run.seed, run.heldout_path)
-    lora = site_lora(run.lora, context.node_config)  # a site may train a smaller rank
+    lora = site_lora(run.lora, context.node_config, run.strategy)  # a smaller rank, maybe
     runtime = ModelSettings.from_config(context.node_config, context.run_config)
     model, processor = load_peft_model(run.base_model, lora, runtime=runtime)
     global_adapter = arrayrecord_to_adapter(msg.content[contract.ARRAYS])

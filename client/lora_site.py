@@ -27,17 +27,23 @@ from fedvlm.lora import LoraSettings
 from fedvlm.lora_factors import exchanged_keys, factor_of, pad_to_shapes, truncate_to_rank
 from privacy.secagg.settings import SecureAggregationSettings
 from privacy.settings import PrivacySettings
+from strategies import SITE_RANK_STRATEGIES
 
 SITE_RANK = "lora-rank"  # node_config key
 
 
-def site_lora(run_lora: LoraSettings, node_config: Mapping[str, Any]) -> LoraSettings:
+def site_lora(
+    run_lora: LoraSettings, node_config: Mapping[str, Any], strategy: str
+) -> LoraSettings:
     """The LoRA settings this site trains with: the run's, at the rank its node declares.
 
     Raises
     ------
     ConfigError
-        Naming ``lora-rank``, if the node's rank is not an integer in ``[1, run rank]``.
+        Naming ``lora-rank``, if the node's rank is not an integer in ``[1, run rank]``, or
+        is below the run's rank under a strategy that needs every site at the run's rank
+        (the message names both keys: before, such a site's update was only rejected at the
+        coordinator as a shape mismatch).
     """
     rank = node_config.get(SITE_RANK, run_lora.rank)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= run_lora.rank:
@@ -45,6 +51,14 @@ def site_lora(run_lora: LoraSettings, node_config: Mapping[str, Any]) -> LoraSet
             SITE_RANK,
             f"node config: expected an integer from 1 to the run's lora-rank ({run_lora.rank}, "
             f"the global adapter's rank), got {rank!r}",
+        )
+    if rank < run_lora.rank and strategy.strip().lower() not in SITE_RANK_STRATEGIES:
+        raise ConfigError(
+            SITE_RANK,
+            f"node config lora-rank={rank} is below the run's lora-rank={run_lora.rank}; a "
+            f"smaller site rank needs run-config strategy "
+            f"{' or '.join(SITE_RANK_STRATEGIES)}, this run uses strategy={strategy!r}. "
+            f"Remove lora-rank from this node's --node-config, or run one of those strategies",
         )
     return at_rank(run_lora, rank)
 

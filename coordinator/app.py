@@ -19,7 +19,12 @@ from coordinator import console, site_evaluation
 from coordinator.central_set import central_set
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.ledger import append_round, read_ledger
-from coordinator.liveness import dropped_nodes, evaluation_messages, wait_for_nodes
+from coordinator.liveness import (
+    RoundFailedError,
+    dropped_nodes,
+    evaluation_messages,
+    wait_for_nodes,
+)
 from coordinator.privacy_guard import PrivacyGuard
 from coordinator.report import build_report
 from coordinator.round_record import node_energy, peak_gpu_by_node
@@ -163,11 +168,10 @@ def main(grid: Grid, context: Context) -> None:
 
     for server_round in range(first_round, run.num_rounds + 1):
         started = time.perf_counter()
-        # Flower's sampling would wait forever for min-available-nodes: bound that wait.
-        wait_for_nodes(grid, run.min_available_nodes, node_wait)
-
         # 1. Train: send the global adapter, receive updates (never base weights), aggregate.
         try:
+            # Flower's sampling would wait forever for min-available-nodes: bound that wait.
+            wait_for_nodes(grid, run.min_available_nodes, node_wait)
             guard.before_round(grid)
             trained = train_phase(
                 strategy,
@@ -184,6 +188,11 @@ def main(grid: Grid, context: Context) -> None:
             append_round(folder.path, {**stop, "privacy": guard.ledger_block()})
             print(f"fedvlm: privacy budget exhausted, run ends: {spent}", flush=True)
             break
+        except RoundFailedError as failed:  # on record before the run stops (resumable)
+            stop = {"round": server_round, "sites": [], "stopped": str(failed)}
+            append_round(folder.path, {**stop, **failed.details, "privacy": guard.ledger_block()})
+            print(f"fedvlm: {failed}", flush=True)
+            raise
         guard.observe(trained.replies)
         refused = {r.node_id for r in guard.refusals}
         new_global = trained.new_global

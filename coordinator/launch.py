@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.checkpoint import CHECKPOINT
+from coordinator.ledger import read_ledger
 from fedvlm.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvlm.errors import FedVLMError
 from fedvlm.flower_toml import config_file_text
@@ -294,8 +295,11 @@ def run_coordinator(opts: CoordinatorOptions) -> Path:
             if (run_folder / CHECKPOINT).is_file()
             else ""
         )
+        rows = read_ledger(run_folder)
+        reason = rows[-1].get("stopped") if rows else None
         raise RuntimeError(
-            f"the run did not finish (flwr run exit code {code}); see the output above, "
+            (f"{reason}\n" if reason else "")
+            + f"the run did not finish (flwr run exit code {code}); see the output above, "
             f"{opts.state_dir / 'superlink.log'} and {run_folder}{hint}"
         )
     return run_folder

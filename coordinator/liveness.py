@@ -18,8 +18,29 @@ from flwr.serverapp.strategy import Strategy
 from fedvlm.errors import FedVLMError
 
 
-class NotEnoughSitesError(FedVLMError):
+class RoundFailedError(FedVLMError):
+    """A round that cannot produce a new global adapter: the run stops after recording it.
+
+    ``details`` (who dropped, the sites' own error reasons, the strategy's rejections) go
+    into the round's ledger row, so the reason is on record, not only in a console.
+    """
+
+    def __init__(self, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class NotEnoughSitesError(RoundFailedError):
     """Fewer sites are connected or answered than the run's minimum."""
+
+
+def error_reasons(replies: Iterable[Message]) -> dict[str, str]:
+    """Each error reply's reason by node id: what the site said went wrong."""
+    return {str(m.metadata.src_node_id): m.error.reason for m in replies if m.has_error()}
+
+
+def _reasons_text(errors: dict[str, str]) -> str:
+    return "".join(f"\n  node {node}: {reason}" for node, reason in sorted(errors.items()))
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -> list[int]:
@@ -50,20 +71,29 @@ def dropped_nodes(sent: Iterable[Message], replies: Iterable[Message]) -> list[i
     return sorted({m.metadata.dst_node_id for m in sent} - answered)
 
 
-def require_replies(server_round: int, answered: int, minimum: int, dropped: list[int]) -> None:
+def require_replies(
+    server_round: int,
+    answered: int,
+    minimum: int,
+    dropped: list[int],
+    errors: dict[str, str] | None = None,
+) -> None:
     """Stop the run when fewer than `minimum` sites answered this round.
 
     Raises
     ------
     NotEnoughSitesError
-        Naming the round, the count and the nodes that dropped.
+        Naming the round, the count, the nodes that dropped and each site's own reason.
     """
     if answered < minimum:
+        errors = errors or {}
         raise NotEnoughSitesError(
             f"round {server_round}: only {answered} site(s) replied, fewer than "
-            f"min-train-nodes = {minimum}; nodes that dropped or timed out (round-timeout): "
-            f"{dropped}. The run stops here; the last completed round is checkpointed, so "
-            "it can be resumed (resume = <run folder>) once enough sites are back."
+            f"min-train-nodes = {minimum}; nodes that dropped, failed or timed out "
+            f"(round-timeout): {dropped}. The run stops here; the last completed round is "
+            "checkpointed, so it can be resumed (resume = <run folder>) once enough sites "
+            f"are back.{_reasons_text(errors)}",
+            {"dropped": dropped, "errors": errors},
         )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from coordinator.liveness import dropped_nodes, require_replies
+from coordinator.liveness import RoundFailedError, dropped_nodes, error_reasons, require_replies
 from coordinator.round_record import bytes_by_node, payload_bytes
 from fedvlm.adapter import Adapter, adapter_to_arrayrecord
 from fedvlm.energy import EnergyMeter, EnergyReading
@@ -57,9 +57,10 @@ def plain_train_phase(
     Raises
     ------
     NotEnoughSitesError
-        When fewer than `min_replies` sites answered (named in the message).
-    RuntimeError
-        When every reply was rejected by validation.
+        When fewer than `min_replies` sites answered (named in the message, with the
+        sites' own error reasons).
+    RoundFailedError
+        When every reply was rejected by validation (the strategy's reasons listed).
     """
     outgoing = list(
         strategy.configure_train(
@@ -68,13 +69,17 @@ def plain_train_phase(
     )
     replies = list(grid.send_and_receive(outgoing, timeout=timeout))
     dropped = dropped_nodes(outgoing, replies)
-    require_replies(server_round, len(outgoing) - len(dropped), min_replies, dropped)
+    errors = error_reasons(replies)
+    require_replies(server_round, len(outgoing) - len(dropped), min_replies, dropped, errors)
     with meter.measure() as aggregation:
         new_global, metrics = (aggregate or strategy.aggregate_train)(server_round, replies)
     if new_global is None:
-        raise RuntimeError(
+        rejected = [vars(r) for r in getattr(strategy, "last_rejections", [])]
+        reasons = "".join(f"\n  node {r['node_id']}: {r['check']}: {r['reason']}" for r in rejected)
+        raise RoundFailedError(
             f"round {server_round}: no valid update arrived from {len(outgoing)} sampled "
-            "sites; see the rejections in the ledger and the sites' logs"
+            f"sites; the strategy rejected:{reasons or ' nothing (see the sites logs)'}",
+            {"dropped": dropped, "errors": errors, "rejected": rejected},
         )
     return TrainOutcome(
         new_global=new_global,

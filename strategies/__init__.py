@@ -35,6 +35,11 @@ STRATEGIES: dict[str, Callable[..., AdapterStrategy]] = {
     "median": Median,
 }
 
+# Strategies under which a site may train a smaller LoRA rank than the run's.
+SITE_RANK_STRATEGIES = tuple(
+    name for name, factory in STRATEGIES.items() if getattr(factory, "accepts_site_ranks", False)
+)
+
 
 def build_strategy(name: str, **kwargs: object) -> AdapterStrategy:
     """Build the strategy registered under ``name``.
@@ -64,6 +69,7 @@ def build_strategy(name: str, **kwargs: object) -> AdapterStrategy:
 
 
 __all__ = [
+    "SITE_RANK_STRATEGIES",
     "STRATEGIES",
     "AdapterStrategy",
     "FFALoRA",

@@ -95,6 +95,8 @@ class AdapterStrategy(FedAvg, ABC):
     """
 
     linear_in_updates: ClassVar[bool] = True
+    # Whether a site may train a smaller LoRA rank than the run's (node config lora-rank).
+    accepts_site_ranks: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -55,6 +55,8 @@ class FLoRA(FedAvg):
         Sampling settings passed to Flower's `FedAvg`.
     """
 
+    accepts_site_ranks = True
+
     linear_in_updates = False
 
     def __init__(self, *, max_rank: int | None = None, **kwargs: object) -> None:

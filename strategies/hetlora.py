@@ -38,6 +38,8 @@ class HetLoRA(FedAvg):
         Sampling settings passed to Flower's `FedAvg`.
     """
 
+    accepts_site_ranks = True
+
     def update_spec(self) -> dict[str, TensorSpec]:
         """LoRA factors may come at any rank up to the global's."""
         return variable_rank_spec(self._require_global())

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from lora_start import b_moved_off_zero
 
 from client import app as client_app
-from client.lora_site import at_rank
+from client.lora_site import at_rank, site_lora
 from client.site_data import load_site
 from fedvlm import contract
 from fedvlm.adapter import (
@@ -282,3 +282,13 @@ def test_fedprox_term_changes_the_local_update_as_its_gradient_says(
     norm = lambda u: np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in u.values()))  # noqa: E731
     assert norm(prox) < norm(plain)
     assert max(float(np.abs(prox[k] - plain[k]).max()) for k in prox) > 1e-4
+
+
+def test_a_smaller_site_rank_under_a_same_rank_strategy_is_refused_naming_both_keys():
+    """The README's own `--node-config lora-rank=4` under the default fedavg used to end in
+    "no valid update arrived" with no reason anywhere; now the site refuses, naming
+    `lora-rank` and `strategy` (removing the check in `site_lora` fails this test)."""
+    with pytest.raises(ConfigError, match=r"lora-rank=4 .*strategy hetlora or flora.*'fedavg'"):
+        site_lora(RUN.lora, {"lora-rank": 4}, "fedavg")
+    assert site_lora(RUN.lora, {"lora-rank": 4}, "hetlora").rank == 4
+    assert site_lora(RUN.lora, {}, "fedavg").rank == RUN.lora.rank

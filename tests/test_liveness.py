@@ -5,6 +5,7 @@ import pytest
 from coordinator.liveness import (
     NotEnoughSitesError,
     dropped_nodes,
+    error_reasons,
     evaluation_messages,
     require_replies,
     wait_for_nodes,
@@ -53,3 +54,14 @@ def test_evaluation_is_sampled_only_from_connected_survivors_and_never_waits():
     everyone = evaluation_messages(strategy, grid, 0, record(adapter()))
     assert sorted(m.metadata.dst_node_id for m in everyone) == [11, 12]
     assert evaluation_messages(strategy, grid, 1, record(adapter()), candidates=[13]) == []
+
+
+def test_too_few_replies_name_each_sites_own_error_and_carry_it_for_the_ledger():
+    strategy = build_strategy("fedavg", min_available_nodes=2, min_train_nodes=2)
+    sent = send(strategy, adapter(), nodes=(11, 12))
+    replies = [error_reply(sent[0]), error_reply(sent[1])]
+    errors = error_reasons(replies)
+    assert set(errors) == {"11", "12"} and all(errors.values())
+    with pytest.raises(NotEnoughSitesError, match=r"(?s)only 0 site.*node 11: .+node 12: ") as e:
+        require_replies(3, answered=0, minimum=2, dropped=[11, 12], errors=errors)
+    assert e.value.details == {"dropped": [11, 12], "errors": errors}

@@ -27,7 +27,7 @@ from coordinator.liveness import (
 )
 from coordinator.privacy_guard import PrivacyGuard
 from coordinator.report import build_report
-from coordinator.round_record import node_energy, peak_gpu_by_node
+from coordinator.round_record import bytes_by_node, metric_by_node, node_energy
 from coordinator.run_folder import RunFolder
 from coordinator.secure_phase import secure_train_phase
 from coordinator.train_phase import plain_train_phase
@@ -189,7 +189,17 @@ def main(grid: Grid, context: Context) -> None:
             print(f"fedvlm: privacy budget exhausted, run ends: {spent}", flush=True)
             break
         except RoundFailedError as failed:  # on record before the run stops (resumable)
-            stop = {"round": server_round, "sites": [], "stopped": str(failed)}
+            with meter.measure() as idle:  # the coordinator did no metered work this round
+                pass
+            energy = round_energy(
+                node_energy(failed.replies),
+                idle.reading,
+                bytes_by_node(failed.replies),
+                failed.bytes_down,
+                kwh_per_gb,
+                previous=energy_so_far,
+            )
+            stop = {"round": server_round, "sites": [], "stopped": str(failed), "energy": energy}
             append_round(folder.path, {**stop, **failed.details, "privacy": guard.ledger_block()})
             print(f"fedvlm: {failed}", flush=True)
             raise
@@ -248,7 +258,8 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_down": trained.bytes_down,
             "bytes_up": sum(trained.bytes_up.values()),
             "energy": energy_so_far,
-            "peak_gpu_mb": peak_gpu_by_node(trained.replies),
+            "peak_gpu_mb": metric_by_node(trained.replies, contract.PEAK_GPU_MB),
+            "train_seconds": metric_by_node(trained.replies, contract.TRAIN_SECONDS),
             "seconds": time.perf_counter() - started,
             "privacy": guard.ledger_block(),
         }

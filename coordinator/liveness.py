@@ -25,9 +25,18 @@ class RoundFailedError(FedVLMError):
     into the round's ledger row, so the reason is on record, not only in a console.
     """
 
-    def __init__(self, message: str, details: dict | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: dict | None = None,
+        replies: Iterable[Message] = (),
+        bytes_down: int = 0,
+    ) -> None:
         super().__init__(message)
         self.details = details or {}
+        # What the round did cost although it failed: the replies' energy and bytes.
+        self.replies = [m for m in replies if not m.has_error()]
+        self.bytes_down = bytes_down
 
 
 class NotEnoughSitesError(RoundFailedError):
@@ -76,17 +85,20 @@ def require_replies(
     answered: int,
     minimum: int,
     dropped: list[int],
-    errors: dict[str, str] | None = None,
+    replies: Iterable[Message] = (),
+    bytes_down: int = 0,
 ) -> None:
     """Stop the run when fewer than `minimum` sites answered this round.
 
     Raises
     ------
     NotEnoughSitesError
-        Naming the round, the count, the nodes that dropped and each site's own reason.
+        Naming the round, the count, the nodes that dropped and each site's own reason
+        (from the error `replies`); it carries the valid replies for the round's energy.
     """
     if answered < minimum:
-        errors = errors or {}
+        replies = list(replies)
+        errors = error_reasons(replies)
         raise NotEnoughSitesError(
             f"round {server_round}: only {answered} site(s) replied, fewer than "
             f"min-train-nodes = {minimum}; nodes that dropped, failed or timed out "
@@ -94,6 +106,8 @@ def require_replies(
             "checkpointed, so it can be resumed (resume = <run folder>) once enough sites "
             f"are back.{_reasons_text(errors)}",
             {"dropped": dropped, "errors": errors},
+            replies,
+            bytes_down,
         )
 
 

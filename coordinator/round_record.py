@@ -38,12 +38,12 @@ def node_energy(*phases: Iterable[Message]) -> dict[str, EnergyReading]:
     return readings
 
 
-def peak_gpu_by_node(replies: Iterable[Message]) -> dict[str, float]:
-    """Each training node's peak GPU memory this round (MiB; 0 on a CPU node)."""
+def metric_by_node(replies: Iterable[Message], key: str) -> dict[str, float]:
+    """One scalar each valid reply carries (e.g. peak GPU MiB, train seconds), by node id."""
     return {
-        str(m.metadata.src_node_id): float(m.content[contract.METRICS][contract.PEAK_GPU_MB])
+        str(m.metadata.src_node_id): float(m.content[contract.METRICS][key])
         for m in replies
         if not m.has_error()
         and contract.METRICS in m.content
-        and contract.PEAK_GPU_MB in m.content[contract.METRICS]
+        and key in m.content[contract.METRICS]
     }

@@ -69,8 +69,9 @@ def plain_train_phase(
     )
     replies = list(grid.send_and_receive(outgoing, timeout=timeout))
     dropped = dropped_nodes(outgoing, replies)
-    errors = error_reasons(replies)
-    require_replies(server_round, len(outgoing) - len(dropped), min_replies, dropped, errors)
+    bytes_down = sum(payload_bytes(m) for m in outgoing)
+    answered = len(outgoing) - len(dropped)
+    require_replies(server_round, answered, min_replies, dropped, replies, bytes_down)
     with meter.measure() as aggregation:
         new_global, metrics = (aggregate or strategy.aggregate_train)(server_round, replies)
     if new_global is None:
@@ -79,7 +80,9 @@ def plain_train_phase(
         raise RoundFailedError(
             f"round {server_round}: no valid update arrived from {len(outgoing)} sampled "
             f"sites; the strategy rejected:{reasons or ' nothing (see the sites logs)'}",
-            {"dropped": dropped, "errors": errors, "rejected": rejected},
+            {"dropped": dropped, "errors": error_reasons(replies), "rejected": rejected},
+            replies,
+            bytes_down,
         )
     return TrainOutcome(
         new_global=new_global,
@@ -87,6 +90,6 @@ def plain_train_phase(
         replies=[m for m in replies if not m.has_error()],
         dropped=dropped,
         bytes_up=bytes_by_node(replies),
-        bytes_down=sum(payload_bytes(m) for m in outgoing),
+        bytes_down=bytes_down,
         aggregation_energy=aggregation.reading,
     )

@@ -63,5 +63,5 @@ def test_too_few_replies_name_each_sites_own_error_and_carry_it_for_the_ledger()
     errors = error_reasons(replies)
     assert set(errors) == {"11", "12"} and all(errors.values())
     with pytest.raises(NotEnoughSitesError, match=r"(?s)only 0 site.*node 11: .+node 12: ") as e:
-        require_replies(3, answered=0, minimum=2, dropped=[11, 12], errors=errors)
+        require_replies(3, answered=0, minimum=2, dropped=[11, 12], replies=replies)
     assert e.value.details == {"dropped": [11, 12], "errors": errors}

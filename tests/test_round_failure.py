@@ -15,8 +15,8 @@ from simulations.in_process import InProcessGrid, run_coordinator
 SITES = 2
 
 
-def test_sites_whose_rank_the_strategy_cannot_take_stop_the_run_with_reasons_on_record(tmp_path):
-    config = {
+def _config(tmp_path, name: str) -> dict:
+    return {
         "num-server-rounds": 2,
         "local-steps": 1,
         "batch-size": 4,
@@ -27,16 +27,31 @@ def test_sites_whose_rank_the_strategy_cannot_take_stop_the_run_with_reasons_on_
         "min-available-nodes": SITES,
         "energy-tracking": False,
         "run-dir": str(tmp_path),
-        "run-name": "ranks",
+        "run-name": name,
     }
-    grid = InProcessGrid(client_app.app, config, [{"lora-rank": 4}] * SITES)
-    with pytest.raises(NotEnoughSitesError, match=r"(?s)only 0 site.*lora-rank=4.*strategy"):
+
+
+def test_sites_whose_rank_the_strategy_cannot_take_stop_the_run_with_reasons_on_record(tmp_path):
+    config = _config(tmp_path, "ranks")
+    grid = InProcessGrid(client_app.app, config, [{"lora-rank": 4}, {}])
+    with pytest.raises(NotEnoughSitesError, match=r"(?s)only 1 site.*lora-rank=4.*strategy"):
         run_coordinator(grid, config)
     rows = read_ledger(tmp_path / "ranks")
     assert [r["round"] for r in rows] == [0, 1]
     stopped = rows[1]
-    assert stopped["sites"] == [] and sorted(stopped["dropped"]) == sorted(grid.contexts)
-    assert set(stopped["errors"]) == {str(n) for n in grid.contexts}
-    for reason in stopped["errors"].values():
-        assert "lora-rank=4" in reason and "strategy hetlora or flora" in reason
+    refuser, trainer = (str(n) for n in grid.contexts)
+    assert stopped["sites"] == [] and stopped["dropped"] == [int(refuser)]
+    assert list(stopped["errors"]) == [refuser]
+    assert "lora-rank=4" in stopped["errors"][refuser]
+    assert "strategy hetlora or flora" in stopped["errors"][refuser]
     assert "lora-rank=4" in stopped["stopped"]
+    # The site that did train spent energy on a round that failed: it is on record.
+    assert list(stopped["energy"]["nodes"]) == [trainer]
+
+
+def test_each_sites_train_seconds_reach_the_ledger(tmp_path):
+    config = {**_config(tmp_path, "seconds"), "num-server-rounds": 1}
+    run_coordinator(InProcessGrid(client_app.app, config, [{}] * SITES), config)
+    row = read_ledger(tmp_path / "seconds")[1]
+    assert set(row["train_seconds"]) == {str(n) for n in row["sites"]}
+    assert all(seconds > 0 for seconds in row["train_seconds"].values())

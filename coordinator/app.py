@@ -114,6 +114,9 @@ def main(grid: Grid, context: Context) -> None:
     # With secure aggregation the coordinator only ever learns the sum of the updates.
     if secagg.enabled:
         require_linear(strategy, "secure aggregation is on (secure-aggregation = true)")
+        too_small = secagg.dropout_warning(max(run.min_available_nodes, 2))
+        if too_small:
+            print(f"fedvlm: warning: {too_small}", flush=True)
     # Differential privacy: checks at start-up, budget before each round, noise, accounts.
     guard = PrivacyGuard(PrivacySettings.from_config(context.run_config), run, strategy)
     train_phase = (

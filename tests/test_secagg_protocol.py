@@ -115,3 +115,19 @@ def test_too_many_dropouts_fail_the_round_clearly():
         run_protocol_in_memory(updates, weights, config, drop_at={Stage.UNMASK: {0, 1, 2, 3, 4}})
     with pytest.raises(RoundFailedError, match="completed setup"):
         run_protocol_in_memory(updates, weights, config, drop_at={Stage.SETUP: set(range(5))})
+
+
+def test_the_small_federation_warning_says_the_truth_about_one_dropout():
+    """`SecureAggregationSettings.dropout_warning` warns at 3 sites and not at 4: at the
+    default degree and threshold, one site lost after key sharing fails 3 and not 4."""
+    for n, survives in ((3, False), (4, True)):
+        config = SecAggConfig(num_clients=n, clip=1.0)
+        assert (config.dropouts_survived >= 1) == survives
+        updates, weights = _inputs(n, 50, seed=n)
+        drop = {Stage.MASKED_INPUT: {1}}
+        if survives:
+            run = run_protocol_in_memory(updates, weights, config, drop_at=drop)
+            _check_sum(run, updates, weights, config)
+        else:
+            with pytest.raises(RoundFailedError):
+                run_protocol_in_memory(updates, weights, config, drop_at=drop)

@@ -73,3 +73,15 @@ def test_flatten_sorts_names_clips_the_l2_norm_and_unflatten_inverts_it():
     assert clipped[0] / clipped[1] == pytest.approx(0.75)  # direction kept
     with pytest.raises(ValueError, match="7 values"):
         unflatten_sum(np.zeros(7), {"b": (2, 3), "a": (2,)})
+
+
+def test_a_federation_too_small_to_survive_one_dropout_is_named_at_start():
+    """3 sites at the defaults (degree 2, threshold 2) fail a round on one lost site; the
+    warning says so and names 4 sites, where the complete graph of degree 3 needs 2 shares."""
+    settings = SecureAggregationSettings.from_config({"secure-aggregation": True})
+    warning = settings.dropout_warning(3)
+    assert warning is not None
+    assert "3 sites survives no dropout" in warning and "degree 2, threshold 2" in warning
+    assert "from 4 sites on" in warning
+    assert settings.dropout_warning(4) is None
+    assert settings.round_config(4).dropouts_survived == 1

@@ -124,6 +124,15 @@ class SecAggConfig:
         raise AssertionError("unreachable: __post_init__ refuses sums above 64 bits")
 
     @property
+    def dropouts_survived(self) -> int:
+        """Neighbours a client may lose after key sharing while its secrets stay rebuildable.
+
+        Unmasking needs ``threshold`` shares of each client's secrets, held by its ``degree``
+        neighbours: ``degree - threshold`` of them may drop out.
+        """
+        return self.degree - self.threshold
+
+    @property
     def step(self) -> float:
         """Return the width of one quantisation level."""
         return 2.0 * self.clip / (self.levels - 1)

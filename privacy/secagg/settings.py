@@ -106,6 +106,34 @@ class SecureAggregationSettings:
             threshold=self.threshold,
         )
 
+    def dropout_warning(self, num_clients: int, *, limit: int = 1000) -> str | None:
+        """A start-up warning when a round of ``num_clients`` survives no dropout, else None.
+
+        With 3 sites the defaults give degree 2 and threshold 2: one site lost after key
+        sharing leaves its neighbours' secrets one share short and the round fails. The
+        warning names the smallest federation (at these settings) that survives one.
+        """
+        config = self.round_config(num_clients)
+        if config.dropouts_survived >= 1:
+            return None
+        enough = next(
+            (n for n in range(num_clients + 1, limit) if self._survives_one(n)),
+            None,
+        )
+        advice = f"from {enough} sites on, one dropout is survived" if enough else ""
+        return (
+            f"secure aggregation over {num_clients} sites survives no dropout after key "
+            f"sharing (degree {config.degree}, threshold {config.threshold}: every site needs "
+            f"{config.threshold} of its {config.degree} neighbours); a site lost mid-round "
+            f"fails the round. {advice}".rstrip()
+        )
+
+    def _survives_one(self, num_clients: int) -> bool:
+        try:
+            return self.round_config(num_clients).dropouts_survived >= 1
+        except ConfigError:  # explicit secagg-degree/threshold that do not fit n
+            return False
+
     def weight(self, num_examples: int, *, uniform_weights: bool = False) -> int:
         """Return the integer weight a site with ``num_examples`` carries in the sum."""
         return 1 if uniform_weights else max(0, min(int(num_examples), self.max_weight))

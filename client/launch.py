@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedvlm.credentials import require_private
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
 from fedvlm.flower_toml import inline_config
@@ -80,10 +81,7 @@ class NodeOptions:
             if not path.is_file():
                 raise FedVLMError(f"{flag}: {path} does not exist")
         assert self.private_key is not None
-        if self.private_key.stat().st_mode & 0o077:
-            raise FedVLMError(
-                f"--private-key: {self.private_key} is readable by others; chmod 600 it"
-            )
+        require_private(self.private_key, "--private-key")
 
 
 def node_config_text(data_path: Path, settings: Mapping[str, Any]) -> str:

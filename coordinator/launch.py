@@ -30,7 +30,7 @@ from typing import Any
 
 from coordinator.checkpoint import CHECKPOINT
 from coordinator.ledger import read_ledger
-from fedvlm.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedvlm.credentials import CA_CERT, SERVER_CERT, SERVER_KEY, require_private
 from fedvlm.errors import FedVLMError
 from fedvlm.flower_toml import config_file_text
 from fedvlm.processes import (
@@ -103,6 +103,7 @@ class CoordinatorOptions:
             for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
                 if not (self.credentials / name).is_file():
                     raise FedVLMError(f"--credentials: {self.credentials / name} does not exist")
+            require_private(self.credentials / SERVER_KEY, "--credentials")
             if not self.site_keys:
                 raise FedVLMError(
                     "no --site-key given: with node authentication no site could join"

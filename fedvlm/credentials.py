@@ -164,6 +164,7 @@ def make_site_key(folder: Path, site: str, *, force: bool = False) -> tuple[Path
         )
     private_path, public_path = folder / f"{site}.key", folder / f"{site}.pub"
     _refuse_existing([private_path, public_path], force)
+    folder.mkdir(parents=True, exist_ok=True)  # a new site's own folder, on its own machine
     key = ec.generate_private_key(ec.SECP384R1())
     _write_secret(
         private_path,
@@ -241,3 +242,15 @@ def make_credentials(
     _write_public(out / SERVER_CERT, server_cert.public_bytes(serialization.Encoding.PEM))
     site_keys = {s: make_site_key(out, s, force=force) for s in sites}
     return Credentials(out, out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, site_keys)
+
+
+def require_private(path: Path, flag: str) -> None:
+    """Refuse a secret key file that others may read (the SuperLink's and a site's alike).
+
+    Raises
+    ------
+    FedVLMError
+        Naming the flag and the file, with the fix.
+    """
+    if path.stat().st_mode & 0o077:
+        raise FedVLMError(f"{flag}: {path} is readable by others; chmod 600 it")

@@ -72,3 +72,10 @@ def test_cli_makes_credentials_and_refuses_a_second_time(tmp_path, capsys):
     ca = (out / "ca.crt").read_bytes()
     assert main(["credentials", "--out", str(out), "--sites-only", "--site", "b"]) == 0
     assert (out / "b.key").is_file() and (out / "ca.crt").read_bytes() == ca
+
+
+def test_a_new_site_makes_its_key_pair_in_a_folder_that_does_not_exist_yet(tmp_path):
+    """`--sites-only --out NEWDIR` used to crash with FileNotFoundError."""
+    out = tmp_path / "new" / "site-c"
+    assert main(["credentials", "--out", str(out), "--sites-only", "--site", "c"]) == 0
+    assert (out / "c.key").stat().st_mode & 0o777 == 0o600 and (out / "c.pub").is_file()

@@ -415,6 +415,27 @@ def test_at_most_ten_problems_listed(tmp_path):
     assert f"{folder / METADATA}:11:" not in message
 
 
+def test_a_rare_problem_is_not_buried_under_repeats_of_a_common_one(tmp_path):
+    """Thirty missing images, then one corrupt PNG: the corrupt one is listed, not hidden
+    in "... and N more" (before, only the first ten missing images were shown)."""
+    folder = _write_site(tmp_path)
+    record = _first_record(folder)
+    lines = [json.dumps({**record, "file_name": f"gone-{i}.png"}) for i in range(30)]
+    (folder / "corrupt.png").write_bytes(b"\x89PNG not really")
+    lines.append(json.dumps({**record, "file_name": "corrupt.png"}))
+    (folder / METADATA).write_text("\n".join(lines) + "\n")
+    message = _assert_fails(folder, "31 problem(s)", f"{folder / METADATA}:31: image 'corrupt.png'")
+    assert "... and 21 more (21 x " in message
+
+
+def test_an_unclosed_json_line_names_where_the_line_ends(tmp_path):
+    """`{"file_name": "a.png"` used to be reported "at column 1" (of the next line)."""
+    folder = _write_site(tmp_path)
+    text = json.dumps(_first_record(folder))[:-1]  # the closing brace is missing
+    _break(folder, 1, text)
+    _assert_fails(folder, f":1: invalid JSON (the line ends at column {len(text) + 1} before")
+
+
 def test_attributes_survive_loading(tmp_path):
     site = load_imagefolder(_write_site(tmp_path))
     assert all(dict(e.attributes) == {"scanner": "A", "sex": "F"} for e in site.train)

@@ -56,6 +56,21 @@ def test_coordinator_refuses_missing_or_contradictory_inputs(creds, tmp_path):
             CoordinatorOptions(state_dir=tmp_path, **fields).check()
 
 
+def test_coordinator_refuses_a_world_readable_server_key(creds, tmp_path):
+    """The node refused a readable site key; the SuperLink's own key went unchecked."""
+    server_key = creds.folder / "server.key"
+    options = CoordinatorOptions(
+        state_dir=tmp_path, credentials=creds.folder, site_keys=[creds.site_keys["a"][1]]
+    )
+    options.check()
+    server_key.chmod(0o644)
+    try:
+        with pytest.raises(FedVLMError, match=r"--credentials: .*server.key is readable"):
+            options.check()
+    finally:
+        server_key.chmod(0o600)
+
+
 def test_run_folder_is_made_absolute_and_resume_finds_a_name_under_run_dir(tmp_path):
     config, folder = with_run_folder({"run-dir": "out", "run-name": "r1"}, tmp_path)
     assert folder == tmp_path / "out" / "r1" and config["run-dir"] == str(tmp_path / "out")

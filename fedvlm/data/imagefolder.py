@@ -15,6 +15,7 @@ dataset; every problem names the file and line so an operator can fix it without
 
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,15 @@ def hash_split(file_name: str) -> str:
 
 def _parse_line(text: str, where: str, line: int) -> tuple[_Row | None, list[str]]:
     """Check one metadata line; return the row, or ``None`` with the problems found."""
+    line_text = text.rstrip("\r\n")
     try:
-        record = json.loads(text)
+        record = json.loads(line_text)
     except json.JSONDecodeError as err:
+        if err.pos >= len(line_text.rstrip()):  # the line ended while the JSON was open
+            return None, [
+                f"{where}: invalid JSON (the line ends at column {len(line_text) + 1} before "
+                f"the JSON value is closed: {err.msg}; one object per line)"
+            ]
         return None, [f"{where}: invalid JSON ({err.msg} at column {err.colno})"]
     if not isinstance(record, dict):
         return None, [f"{where}: expected a JSON object, got {type(record).__name__}"]
@@ -147,11 +154,36 @@ def _scan(folder: str | Path, keep_images: bool, require_splits: bool = True) ->
     if not scan.problems:
         _assign_splits(scan, metadata, require_splits)
     if scan.problems:
-        shown = scan.problems[:MAX_REPORTED_PROBLEMS]
-        more = len(scan.problems) - len(shown)
-        tail = f"\n... and {more} more" if more else ""
+        shown, tail = _most_telling(scan.problems, MAX_REPORTED_PROBLEMS)
         raise DataError(f"{len(scan.problems)} problem(s) in {root}:\n" + "\n".join(shown) + tail)
     return scan
+
+
+def _kind(problem: str) -> str:
+    """A problem without its file, line, names and numbers: what kind of problem it is."""
+    message = re.sub(r"^.*?:\d+: ", "", problem)
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", message)
+
+
+def _most_telling(problems: list[str], limit: int) -> tuple[list[str], str]:
+    """One problem of each kind first, then repeats, and a count per kind of what is left.
+
+    Why: a folder with 50 missing images and one corrupt PNG at line 51 used to show the
+    first ten missing images and bury the corrupt file under "... and N more".
+    """
+    by_kind: dict[str, list[str]] = {}
+    for problem in problems:
+        by_kind.setdefault(_kind(problem), []).append(problem)
+    ordered = [group[0] for group in by_kind.values()]
+    ordered += [p for group in by_kind.values() for p in group[1:]]
+    shown, left = ordered[:limit], ordered[limit:]
+    if not left:
+        return shown, ""
+    counts: dict[str, int] = {}
+    for problem in left:
+        counts[_kind(problem)] = counts.get(_kind(problem), 0) + 1
+    summary = "; ".join(f"{n} x {kind}" for kind, n in counts.items())
+    return shown, f"\n... and {len(left)} more ({summary})"
 
 
 def _assign_splits(scan: _Scan, metadata: Path, require_splits: bool) -> None:

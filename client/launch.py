@@ -8,11 +8,15 @@ and ``--node-config 'data-path="..."'`` plus the site's own settings.
 """
 
 import shlex
+import socket
+import ssl
+import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fedvlm.credentials import require_private
 from fedvlm.data.imagefolder import validate_imagefolder
@@ -131,11 +135,75 @@ def run_node(opts: NodeOptions) -> int:
     )
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        refuse_tls_link_when_insecure(opts.superlink)
     threads = int(opts.settings.get("torch-threads", 1))
     command = supernode_command(opts, opts.port or free_port())
     print("+ " + shlex.join(command), flush=True)
-    process = start_process(command, child_env(threads=threads), sink=None)
+    process = start_process(command, child_env(threads=threads), sink=subprocess.PIPE)
+    assert process.stdout is not None
+    refused = threading.Event()
+    # A thread, not a loop here: Flower's detached helpers inherit the pipe and keep it open
+    # after flower-supernode itself has exited.
+    forwarder = threading.Thread(
+        target=_forward_output, args=(process.stdout, refused), daemon=True
+    )
+    forwarder.start()
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         stop_process_group(process)
+    forwarder.join(timeout=5)
+    if code != 0 and refused.is_set():
+        print(f"fedvlm: error: {NOT_REGISTERED.format(key=opts.private_key)}", file=sys.stderr)
+    return code
+
+
+# flower-supernode prints this when the SuperLink turns its key down; the reason ("No
+# SuperNode found with the given public key") is only in the SuperLink's own log.
+ACTIVATION_FAILED = "Failed to activate SuperNode"
+NOT_REGISTERED = (
+    "the SuperLink refused this node: its public key is not registered there. Send the "
+    "public key of {key} (the .pub beside it) to the coordinator, who registers it "
+    "(`fedvlm coordinator --site-key`, or `flwr supernode register`), then start again"
+)
+
+
+def _forward_output(stream: IO[bytes], refused: threading.Event) -> None:
+    """Pass the SuperNode's output through; set `refused` if it says its key was refused."""
+    for raw in stream:
+        line = raw.decode(errors="replace")
+        if ACTIVATION_FAILED in line:
+            refused.set()
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def refuse_tls_link_when_insecure(address: str, timeout: float = 5.0) -> None:
+    """Stop an ``--insecure`` node at once if the SuperLink speaks TLS.
+
+    Why: flower-supernode without TLS against a TLS SuperLink retries silently forever. A
+    TLS handshake that completes (certificate not checked: only the protocol is probed)
+    proves the link wants TLS; a link not up yet or a plain one is left to the SuperNode.
+
+    Raises
+    ------
+    FedVLMError
+        Naming ``--insecure`` and what to give instead.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            pass
+    except (OSError, ValueError):
+        return  # not reachable yet, or no TLS: the SuperNode reports what it finds
+    raise FedVLMError(
+        f"--insecure: the SuperLink at {address} speaks TLS, and a node without TLS would "
+        "retry forever; start the node with --ca-cert ca.crt --private-key <site>.key"
+    )

@@ -121,6 +121,8 @@ def test_unregistered_node_is_refused(superlink, federation_files, processes):
     intruder, log = processes.start("intruder", args)
     assert intruder.wait(timeout=60) != 0
     assert "Failed to activate SuperNode" in log.read_text()
+    # ... and `fedvlm node` says why, and what to do (the reason was only in superlink.log).
+    assert "its public key is not registered there" in log.read_text()
 
 
 def test_node_without_the_ca_certificate_cannot_connect(superlink, federation_files, processes):

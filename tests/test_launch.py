@@ -1,12 +1,21 @@
 """The launchers' checks and the Flower command lines they build (no process started)."""
 
+import contextlib
 import shlex
+import socket
+import ssl
+import threading
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
-from client.launch import NodeOptions, node_config_text, supernode_command
+from client.launch import (
+    NodeOptions,
+    node_config_text,
+    refuse_tls_link_when_insecure,
+    supernode_command,
+)
 from coordinator.launch import CoordinatorOptions, superlink_command, with_run_folder
 from fedvlm.credentials import make_credentials
 from fedvlm.data.imagefolder import write_imagefolder
@@ -123,3 +132,31 @@ def test_check_data_names_file_and_line(tmp_path, capsys):
     metadata.write_text("\n".join(lines) + "\n")
     assert main(["check-data", str(folder)]) == 2
     assert "metadata.jsonl:2: split must be one of train, validation" in capsys.readouterr().err
+
+
+def _serve_once(listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+    conn, _ = listener.accept()
+    with contextlib.suppress(OSError):
+        if tls is not None:
+            conn = tls.wrap_socket(conn, server_side=True)
+        conn.recv(1)
+    conn.close()
+
+
+@pytest.mark.parametrize("speaks_tls", [True, False])
+def test_an_insecure_node_stops_at_once_against_a_tls_superlink(creds, speaks_tls):
+    """flower-supernode --insecure against a TLS SuperLink retried silently forever."""
+    tls = None
+    if speaks_tls:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(creds.server_cert, creds.server_key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=_serve_once, args=(listener, tls), daemon=True)
+        server.start()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        if speaks_tls:
+            with pytest.raises(FedVLMError, match=r"--insecure: the SuperLink at .* speaks TLS"):
+                refuse_tls_link_when_insecure(address)
+        else:
+            refuse_tls_link_when_insecure(address, timeout=2.0)  # plain link: the node goes on
+        server.join(timeout=5)

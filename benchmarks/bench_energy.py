@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -71,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=16, help="local training steps per round")
+    parser.add_argument("--json", type=Path, help="also write the figures here (run_all.py)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -110,6 +113,15 @@ def main() -> None:
     fixed = 1 + 2 * statistics.median(empty) / statistics.median(plain)
     print(f"{'ratio from the fixed cost (2 per round)':<44}{fixed:>12.4f}")
     print(f"{'one-off start-up per process (s)':<44}{startup:>12.2f}")
+    if args.json:
+        figures = {
+            "plain_s": statistics.median(plain),
+            "tracked_s": statistics.median(tracked),
+            "ratio": statistics.median(ratios),
+            "measurement_ms": statistics.median(empty) * 1e3,
+            "startup_s": startup,
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Each figure is measured in this run, side by side with its reference (ratios, never
 absolute claims carried over from another machine), and printed with how it was measured.
 Benchmarks that expose functions are imported (bench_overhead, bench_scale, bench_utility,
-bench_secagg, fedvlm.presets); those that only print (bench_dp, bench_energy) run as
-subprocesses and their table lines are parsed. Flower's and Ray's output goes to a log file.
+bench_secagg, fedvlm.presets); the others run as subprocesses with ``--json PATH`` and their
+figures are read from that file (bench_energy; bench_dp's hooks row is still read from its
+table). Flower's and Ray's output goes to a log file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --quick            # <= 15 min, 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --save benchmarks/RESULTS.md
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -109,6 +111,20 @@ def script_output(name: str, args: tuple[str, ...]) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
     return result.stdout
+
+
+def script_json(name: str, args: tuple[str, ...], log: Path) -> dict:
+    """Run a benchmark script with ``--json`` and read its figures back (its table to `log`).
+
+    The scripts print tables for people and write JSON for this script, so nothing here
+    depends on the layout of a printed table.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "figures.json"
+        out = script_output(name, (*args, "--json", str(target)))
+        with open(log, "a") as sink:
+            sink.write(out)
+        return json.loads(target.read_text())
 
 
 def overhead_and_bytes(sizes: Sizes, log: Path) -> list[Figure]:
@@ -229,18 +245,12 @@ def dp_step(sizes: Sizes, log: Path) -> list[Figure]:
 
 def energy(sizes: Sizes, log: Path) -> list[Figure]:
     """Figure 5: a client round with energy tracking / without (bench_energy)."""
-    out = script_output("bench_energy.py", sizes.energy_args)
-    with open(log, "a") as sink:
-        sink.write(out)
-    ratio = re.search(r"ratio with/without, median of pairs\s+([\d.]+)", out)
-    startup = re.search(r"one-off start-up per process \(s\)\s+([\d.]+)", out)
-    if ratio is None or startup is None:
-        raise RuntimeError(f"bench_energy.py printed no ratio:\n{out}")
+    figures = script_json("bench_energy.py", sizes.energy_args, log)
     return [
         Figure(
             5,
             "energy tracking: round with / without",
-            f"{float(ratio[1]):.3f}x (+ {float(startup[1]):.1f} s once per process)",
+            f"{figures['ratio']:.3f}x (+ {figures['startup_s']:.1f} s once per process)",
             f"bench_energy.py {' '.join(sizes.energy_args)}: train + evaluate of a "
             "client-sized model, each wrapped in EnergyMeter.measure(), alternating pairs, "
             "median ratio",

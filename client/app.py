@@ -40,6 +40,7 @@ from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
 from fedvlm.site_metrics import EvalSettings, personalised, site_metrics
 from fedvlm.vlm import load_peft_model
+from privacy.settings import PrivacySettings
 from privacy.site_account import SiteRefusalError, refusal_reply
 
 app = ClientApp()
@@ -124,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
         with _meter(context).measure() as energy:
             update, metrics = train_update(msg, context)
     except SiteRefusalError as refusal:  # budget spent or settings invalid here: no update
-        return refusal_reply(msg, refusal)
+        return refusal_reply(msg, refusal, reading_to_metrics(energy.reading))
     content = RecordDict(
         {
             contract.ARRAYS: adapter_to_arrayrecord(update),
@@ -142,6 +143,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     with `eval-personalise-steps` also after that many local steps, whose adapter stays here.
     """
     settings = EvalSettings.from_config(context.run_config)
+    # Refuses personalisation (non-DP training on the training split) under sample-level DP.
+    PrivacySettings.from_config(context.run_config)
     with _meter(context).measure() as energy:
         run, site, model, processor, _, _ = _prepare(msg, context)
         metrics = site_metrics(model, processor, site.val, min_subgroup=settings.min_subgroup)

@@ -41,28 +41,33 @@ from privacy.accounting import Release
 
 
 def require_per_example_gradients(model: PreTrainedModel) -> None:
-    """Refuse a trainable projector that does not see one image per example.
+    """Refuse trainable image modules that do not see one image per example.
 
-    In Idefics3/SmolVLM (image splitting) and Qwen2-VL (flattened patches) the projector's
-    batch dimension is crops or patches, not examples: Opacus would clip per crop, and the
-    per-example sensitivity the accountant assumes would not hold.
+    In Idefics3/SmolVLM (image splitting) and Qwen2-VL (flattened patches) the batch dimension
+    of the vision tower and of the projector is crops or patches, not examples (20 rows for 4
+    examples on a tiny Idefics3): Opacus would clip per crop, and the per-example sensitivity
+    the accountant assumes would not hold. So a trained projector or vision LoRA is refused.
 
     Raises
     ------
     ConfigError
-        Naming ``train-projector``.
+        Naming ``train-projector`` or ``lora-vision``.
     """
     family = family_for_config(model.config)
     if family.projector_sees_examples:
         return
-    trained = [n for n, p in model.named_parameters() if p.requires_grad and family.projector in n]
-    if trained:
-        raise ConfigError(
-            "train-projector",
-            f"{family.model_type}: the projector sees image crops or patches, not examples, so "
-            "per-example gradients of it are undefined; set train-projector = false with "
-            "dp-mode = sample",
-        )
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    for module, key in (
+        (family.projector, "train-projector"),
+        (family.vision_tower, "lora-vision"),
+    ):
+        if any(f".{module}." in f".{name}" for name in trained):
+            raise ConfigError(
+                key,
+                f"{family.model_type}: the {module} sees image crops or patches, not examples, "
+                f"so per-example gradients of it are undefined; set {key} = false with "
+                "dp-mode = sample",
+            )
 
 
 def poisson_sample_rate(num_examples: int, batch_size: int) -> float:

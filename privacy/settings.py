@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from fedvlm.config import read
 from fedvlm.errors import ConfigError
+from fedvlm.site_metrics import PERSONALISE_STEPS_KEY, EvalSettings
 
 Mode = Literal["none", "sample", "client"]
 MODES = ("none", "sample", "client")
@@ -112,10 +113,26 @@ class PrivacySettings:
             required=mode == "client",
         )
         if mode == "sample":
+            _refuse_personalisation(config)
             return cls(mode, sample=SampleLevelSettings(*sample))
         if mode == "client":
             return cls(mode, client=ClientLevelSettings(*client))
         return cls()
+
+
+def _refuse_personalisation(config: Mapping[str, Any]) -> None:
+    """Refuse personalised evaluation under sample-level DP.
+
+    It trains ``eval-personalise-steps`` plain (non-DP) steps on the training split and
+    releases the tuned accuracy and loss: a release about the training examples that no
+    DP-SGD account covers.
+    """
+    if EvalSettings.from_config(config).personalise_steps > 0:
+        raise ConfigError(
+            PERSONALISE_STEPS_KEY,
+            "personalised evaluation trains without DP on the training split and releases its "
+            "accuracy; set eval-personalise-steps = 0 with dp-mode = sample",
+        )
 
 
 def _level(

@@ -234,3 +234,27 @@ def test_dp_sgd_refuses_a_trained_projector_that_does_not_see_examples():
     require_per_example_gradients(apply_lora(frozen, LoraSettings(train_projector=False)))
     llava, _ = tiny_vlms.build("llava")
     require_per_example_gradients(apply_lora(llava, LoraSettings(train_projector=True)))
+
+
+def test_dp_sgd_refuses_vision_lora_where_the_vision_tower_sees_crops():
+    """Finding: Idefics3's vision tower gets 20 crops for 4 examples, so Opacus would clip per
+    crop. Mutation: drop the vision-tower check in require_per_example_gradients -> fails."""
+    split, _ = tiny_vlms.build("idefics3")
+    with pytest.raises(ConfigError) as err:
+        require_per_example_gradients(
+            apply_lora(split, LoraSettings(vision=True, train_projector=False))
+        )
+    assert err.value.key == "lora-vision"
+    llava, _ = tiny_vlms.build("llava")  # one image per example: allowed
+    require_per_example_gradients(apply_lora(llava, LoraSettings(vision=True)))
+
+
+def test_personalised_evaluation_is_refused_under_sample_level_dp():
+    """It would train plain steps on the training split and release the result outside any
+    DP account. Mutation: drop _refuse_personalisation -> fails."""
+    dp = {"dp-mode": "sample", "dp-target-epsilon": 8.0}
+    with pytest.raises(ConfigError) as err:
+        PrivacySettings.from_config({**dp, "eval-personalise-steps": 2})
+    assert err.value.key == "eval-personalise-steps"
+    assert PrivacySettings.from_config({**dp, "eval-personalise-steps": 0}).sample is not None
+    PrivacySettings.from_config({"dp-mode": "none", "eval-personalise-steps": 2})

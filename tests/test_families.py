@@ -312,3 +312,21 @@ def test_projector_batch_is_examples_exactly_where_the_family_says(model_type):
     with torch.no_grad():
         score(model, encode(processor, EXAMPLES[:3]))
     assert (seen == [3]) == family.projector_sees_examples, seen
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_vision_tower_batch_is_examples_exactly_where_the_family_says(model_type):
+    """The same for vision LoRA: privacy refuses lora-vision under DP-SGD where it is false."""
+    model, processor = tiny_vlms.build(model_type)
+    family = FAMILIES[model_type]
+    tower = next(m for n, m in model.named_modules() if n.endswith(f".{family.vision_tower}"))
+    seen = []
+    tower.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            next(a for a in (*args, *kwargs.values()) if torch.is_tensor(a)).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    with torch.no_grad():
+        score(model, encode(processor, EXAMPLES[:3]))
+    assert (seen == [3]) == family.projector_sees_examples, seen

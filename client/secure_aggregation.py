@@ -118,7 +118,7 @@ def masked_input_handler(
             except SiteRefusalError as refusal:
                 # Sample-level DP budget spent: no masked input (a dropout of this stage),
                 # but the site's account still reaches the coordinator's ledger.
-                return refusal_reply(message, refusal)
+                return refusal_reply(message, refusal, reading_to_metrics(energy.reading))
         save_client(context.state, client)
         metrics[contract.BYTES_UP] = int(reply[MASKED].nbytes)
         content = payload_to_recorddict(reply)

@@ -124,6 +124,8 @@ def main(grid: Grid, context: Context) -> None:
             secure_train_phase,
             settings=secagg,
             add_noise=guard.add_noise if guard.client is not None else None,
+            # Sample level: refusals arrive at the masked-input stage; record them there.
+            record_replies=guard.observe if guard.sample is not None else None,
         )
         if secagg.enabled
         else partial(plain_train_phase, aggregate=guard.aggregate if guard.active else None)
@@ -206,7 +208,6 @@ def main(grid: Grid, context: Context) -> None:
             append_round(folder.path, {**stop, **failed.details, "privacy": guard.ledger_block()})
             print(f"fedvlm: {failed}", flush=True)
             raise
-        guard.observe(trained.replies)
         refused = {r.node_id for r in guard.refusals}
         new_global = trained.new_global
         global_adapter = arrayrecord_to_adapter(new_global)

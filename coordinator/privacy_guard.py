@@ -122,21 +122,34 @@ class PrivacyGuard:
             Sample level, when every site that answered refused for lack of budget.
         """
         if self.sample is not None:
-            trained, self.refusals = self.sample.split(replies)
-            if self.refusals and not any(not m.has_error() for m in trained):
-                raise BudgetExhaustedError(
-                    f"round {server_round}: no site can train within its privacy budget: "
-                    + "; ".join(r.reason for r in self.refusals)
-                )
-            return self.strategy.aggregate_train(server_round, trained)
+            return self.strategy.aggregate_train(server_round, self.observe(replies))
         if self.client is not None:
             return self._aggregate_client_level(server_round, replies)
         return self.strategy.aggregate_train(server_round, replies)
 
-    def observe(self, replies: Sequence[Message]) -> None:
-        """Record the sites' accounts from replies that bypassed `aggregate` (secure path)."""
-        if self.sample is not None:
-            self.sample.split(replies)
+    def observe(self, replies: Sequence[Message]) -> list[Message]:
+        """Sample level: record the sites' accounts and this round's refusals; return the
+        replies that may be aggregated (trained updates, and error replies as dropouts).
+
+        Used by `aggregate` on the plain path and handed to the secure path as its
+        ``record_replies`` hook, where the refusals arrive at the masked-input stage.
+
+        Raises
+        ------
+        BudgetExhaustedError
+            When every site that answered refused for lack of budget.
+        ConfigError
+            When a site found the settings invalid for its data (`SampleLevelLedger.split`).
+        """
+        if self.sample is None:
+            return list(replies)
+        trained, self.refusals = self.sample.split(replies)
+        if self.refusals and not any(not m.has_error() for m in trained):
+            raise BudgetExhaustedError(
+                "no site can train within its privacy budget: "
+                + "; ".join(r.reason for r in self.refusals)
+            )
+        return trained
 
     def add_noise(self, update_sum: dict[str, np.ndarray], num_sites: int) -> dict[str, np.ndarray]:
         """Client level: noise the sum of ``num_sites`` unit-weight clipped updates."""

@@ -234,12 +234,19 @@ class SiteAccount:
         }
 
 
-def refusal_reply(msg: Message, refusal: SiteRefusalError) -> Message:
-    """A train reply that says the site did not train, and why (no ArrayRecord)."""
+def refusal_reply(msg: Message, refusal: SiteRefusalError, energy: Mapping[str, Any]) -> Message:
+    """A train reply that says the site did not train, and why (no ArrayRecord).
+
+    ``energy`` is the site's energy reading of the attempt (`fedvlm.energy.reading_to_metrics`):
+    the coordinator records every reply's energy, and a refusal among trained replies must not
+    be the one reply that lacks it (the round would be lost).
+    """
     key = refusal.cause.key if isinstance(refusal.cause, ConfigError) else ""
     content = RecordDict(
         {
-            contract.METRICS: MetricRecord({dp_keys.REFUSED: refusal.code, **refusal.metrics}),
+            contract.METRICS: MetricRecord(
+                {dp_keys.REFUSED: refusal.code, **refusal.metrics, **energy}
+            ),
             dp_keys.REFUSAL: ConfigRecord(
                 {dp_keys.REASON: str(refusal.cause), dp_keys.REFUSAL_KEY: key}
             ),

@@ -8,6 +8,8 @@ import pytest
 
 from client import app as client_app
 from coordinator.ledger import read_ledger
+from fedvlm.data.imagefolder import write_imagefolder
+from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import ConfigError
 from privacy.accounting import PrivacyHistory
 from privacy.dp_sgd import poisson_sample_rate
@@ -187,3 +189,63 @@ def test_misconfiguration_is_an_error_naming_the_key_before_anything_is_released
     assert err.value.key == key
     rows = read_ledger(tmp_path / "dp")
     assert all(row["round"] == 0 for row in rows)  # no round was ever recorded
+
+
+def _sites_of_sizes(root, sizes: list[int]) -> list[dict]:
+    """Node configs of sites holding ``sizes`` training examples each (imagefolders)."""
+    configs = []
+    for i, n in enumerate(sizes):
+        site = synthetic_site(
+            i, len(sizes), n_train=n, n_val=4, label_alpha=1.0, acquisition_skew=0.0, seed=7
+        )
+        folder = write_imagefolder({"train": site.train, "validation": site.val}, root / f"s{i}")
+        configs.append({"data-path": str(folder)})
+    return configs
+
+
+@pytest.mark.parametrize("extra", [{}, {"secure-aggregation": True}], ids=["plain", "secagg"])
+def test_some_sites_refuse_for_budget_the_others_are_aggregated_and_the_run_saves(tmp_path, extra):
+    """Unequal site sizes with a fixed noise multiplier: the small site (q = 1/2) runs out of
+    budget in round 2 while the larger ones (q = 1/4) still train. Before the fix the refusal
+    reply had no energy metrics and the round (and the adapter) was lost; under secure
+    aggregation the refusal at the masked-input stage went unrecorded. Mutations: drop the
+    energy from `refusal_reply`, or the `record_replies` hook in coordinator/app.py -> fails."""
+
+    def eps(rate: float, steps: int) -> float:
+        history = PrivacyHistory("prv")
+        history.add(1.0, rate, steps)
+        return history.epsilon(1e-5)
+
+    assert eps(0.25, 4) < eps(0.5, 4)
+    budget = (eps(0.25, 4) + eps(0.5, 4)) / 2
+    assert eps(0.5, 2) <= budget
+    nodes = [11, 22, 33, 44]  # SecAgg+ recovers from one dropout out of four
+    config = {
+        **RUN_CONFIG,
+        "run-dir": str(tmp_path),
+        "num-server-rounds": 2,
+        "min-train-nodes": 3,  # under secure aggregation a refusal is not in the sum
+        "min-available-nodes": 4,
+        "dp-mode": "sample",
+        "dp-noise-multiplier": 1.0,
+        "dp-target-epsilon": budget,
+        "run-name": "partial",
+        **extra,
+    }
+    sites = _sites_of_sizes(tmp_path, [8, 16, 16, 16])
+    run_coordinator(InProcessGrid(client_app.app, config, sites, nodes), config)
+    ledger = read_ledger(tmp_path / "partial")
+
+    assert [row["round"] for row in ledger] == [0, 1, 2]
+    assert ledger[1]["sites"] == nodes
+    second = ledger[2]
+    assert second["sites"] == [22, 33, 44]
+    assert [(r["node_id"], r["site"]) for r in second["privacy"]["refused"]] == [(11, 0)]
+    assert "Refusing to train" in second["privacy"]["refused"][0]["reason"]
+    by_site = second["privacy"]["sites"]
+    assert by_site["0"]["steps"] == 2
+    assert [by_site[s]["steps"] for s in ("1", "2", "3")] == [4, 4, 4]
+    assert by_site["1"]["epsilon"] == pytest.approx(eps(0.25, 4), rel=1e-6)
+    assert all(s["epsilon"] <= budget for s in by_site.values())
+    assert "heldout_accuracy" in second and second["energy"]
+    assert (tmp_path / "partial" / "adapter" / "adapter_config.json").is_file()

@@ -59,7 +59,6 @@ class PrivacyGuard:
         self.sample = SampleLevelLedger(settings.sample) if settings.sample else None
         self.client = ClientLevelDP(settings.client, run.num_rounds) if settings.client else None
         self.refusals: list[Refusal] = []
-        self.sample_rate = 0.0
         if self.client is not None:
             require_linear(strategy, "client-level DP (dp-mode = client) only noises their sum")
         if self.sample is not None and run.strategy.strip().lower() == "fedprox":
@@ -87,8 +86,8 @@ class PrivacyGuard:
         another round, the run ends here (the sites would refuse anyway). Client level:
         the release of this round must fit ``dp-client-target-epsilon``.
 
-        q is the fraction of connected sites that Flower's sampling will pick
-        (``max(int(N * fraction-train), min-train-nodes) / N``).
+        Client level: accounted at q = 1 (`privacy.client_level.SAMPLE_RATE`), whatever
+        ``fraction-train``: Flower's choice of sites is neither Poisson nor secret.
 
         Raises
         ------
@@ -107,9 +106,7 @@ class PrivacyGuard:
                 )
         if self.client is None:
             return
-        total = len(nodes)
-        sampled = min(max(int(total * self.run.fraction_train), self.run.min_train_nodes), total)
-        self.sample_rate = self.client.prepare_round(sampled, total)
+        self.client.prepare_round(len(nodes))
 
     def aggregate(
         self, server_round: int, replies: Sequence[Message]
@@ -155,7 +152,7 @@ class PrivacyGuard:
         """Client level: noise the sum of ``num_sites`` unit-weight clipped updates."""
         if self.client is None:
             raise ConfigError("dp-mode", "add_noise needs dp-mode = client")
-        return self.client.add_noise(update_sum, num_sites, self.sample_rate)
+        return self.client.add_noise(update_sum, num_sites)
 
     def _aggregate_client_level(
         self, server_round: int, replies: Sequence[Message]
@@ -185,7 +182,7 @@ class PrivacyGuard:
         if self.sample is not None:
             return self.sample.ledger_block(self.refusals)
         if self.client is not None and self.client.noise_multiplier is not None:
-            return self.client.ledger_block(self.sample_rate)
+            return self.client.ledger_block()
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -194,7 +191,7 @@ class PrivacyGuard:
         if self.sample is not None:
             state["dp-sample"] = self.sample.state_dict()
         if self.client is not None:
-            state["dp-client"] = {**self.client.state_dict(), "sample_rate": self.sample_rate}
+            state["dp-client"] = self.client.state_dict()
         return state
 
     def load_state_dict(self, extra: dict[str, Any]) -> None:
@@ -203,4 +200,3 @@ class PrivacyGuard:
             self.sample.load_state_dict(extra["dp-sample"])
         if self.client is not None and "dp-client" in extra:
             self.client.load_state_dict(extra["dp-client"])
-            self.sample_rate = float(extra["dp-client"]["sample_rate"])

@@ -28,6 +28,10 @@ from fedvlm.errors import FedVLMError
 from privacy.accounting import BudgetExhaustedError, PrivacyHistory, calibrate_noise
 from privacy.settings import ClientLevelSettings, check_delta
 
+#: q of every client-level release: sites are not Poisson-sampled with secret randomness
+#: (Flower draws a fixed-size set and the ledger names the participants), so no amplification.
+SAMPLE_RATE = 1.0
+
 
 def update_norm(update: Mapping[str, torch.Tensor]) -> float:
     """L2 norm of a whole update (all tensors together), accumulated in float64."""
@@ -81,12 +85,14 @@ class ClientLevelDP:
             raise FedVLMError("client-level DP: noise multiplier not calibrated yet")
         return self.noise_multiplier * self.settings.clip
 
-    def prepare_round(self, num_sampled: int, num_sites: int) -> float:
-        """Check this round's release fits the budget, before any site trains; return q.
+    def prepare_round(self, num_sites: int) -> None:
+        """Check this round's release fits the budget, before any site trains.
 
-        On the first call, δ < 1/(number of sites) is checked and, without a fixed noise
-        multiplier, z is calibrated so that ``planned_rounds`` releases at q = sampled/total
-        spend exactly the budget.
+        Accounted at q = 1 (no amplification by sampling): Flower samples a fixed-size set
+        of sites with non-secret randomness and the ledger publishes who trained, so a site
+        known to be in a round gains no protection from the others not being in it. On the
+        first call, δ < 1/(number of sites) is checked and, without a fixed noise multiplier,
+        z is calibrated so that ``planned_rounds`` releases spend exactly the budget.
 
         Raises
         ------
@@ -95,30 +101,28 @@ class ClientLevelDP:
         BudgetExhaustedError
             When this round's release would pass the ε budget (the run must end).
         """
-        sample_rate = num_sampled / num_sites
         if self.noise_multiplier is None:
             check_delta("dp-client-delta", self.settings.delta, num_sites, "sites")
             self.noise_multiplier = calibrate_noise(
                 "dp-client-target-epsilon",
                 target_epsilon=self.settings.target_epsilon,
                 delta=self.settings.delta,
-                sample_rate=sample_rate,
+                sample_rate=SAMPLE_RATE,
                 steps=self.planned_rounds,
                 accountant=self.settings.accountant,
             )
         elif not self.history.releases:
             check_delta("dp-client-delta", self.settings.delta, num_sites, "sites")
-        after = self.history.epsilon(self.settings.delta, [(self.noise_multiplier, sample_rate, 1)])
+        after = self.history.epsilon(self.settings.delta, [(self.noise_multiplier, SAMPLE_RATE, 1)])
         if after > self.settings.target_epsilon:
             raise BudgetExhaustedError(
                 f"client-level privacy budget spent: ε would reach {after:.3f} > "
                 f"{self.settings.target_epsilon:g} (dp-client-target-epsilon) at δ = "
                 f"{self.settings.delta:g} after {self.history.steps} rounds released"
             )
-        return sample_rate
 
     def add_noise(
-        self, update_sum: Mapping[str, np.ndarray], num_sites: int, sample_rate: float
+        self, update_sum: Mapping[str, np.ndarray], num_sites: int
     ) -> dict[str, np.ndarray]:
         """Return ``update_sum`` + N(0, (z*C)^2) per coordinate, and account the release.
 
@@ -128,8 +132,6 @@ class ClientLevelDP:
             The sum of the sites' clipped updates, each with weight 1.
         num_sites : int
             How many updates are in the sum (the strategy divides by it).
-        sample_rate : float
-            q of this round, as returned by `prepare_round`.
         """
         if num_sites < 1:
             raise FedVLMError("client-level DP: no update to release")
@@ -139,22 +141,22 @@ class ClientLevelDP:
             + self.rng.normal(0.0, std, size=np.shape(total))
             for name, total in update_sum.items()
         }
-        self.history.add(self.noise_multiplier, sample_rate, 1)
+        self.history.add(self.noise_multiplier, SAMPLE_RATE, 1)
         return noisy
 
     def epsilon(self) -> float:
         """ε spent so far at the configured δ."""
         return self.history.epsilon(self.settings.delta)
 
-    def projected_epsilon(self, sample_rate: float) -> float:
-        """ε at the end of the planned rounds if every remaining round releases at q."""
+    def projected_epsilon(self) -> float:
+        """ε at the end of the planned rounds if every remaining round releases."""
         remaining = max(self.planned_rounds - self.history.steps, 0)
         return self.history.epsilon(
-            self.settings.delta, [(self.noise_multiplier or 0.0, sample_rate, remaining)]
+            self.settings.delta, [(self.noise_multiplier or 0.0, SAMPLE_RATE, remaining)]
         )
 
-    def ledger_block(self, sample_rate: float) -> dict[str, Any]:
-        """The round's "privacy" block for the ledger (unit "site")."""
+    def ledger_block(self) -> dict[str, Any]:
+        """The round's "privacy" block for the ledger (unit "site", accounted at q = 1)."""
         return {
             "unit": "site",
             "epsilon": self.epsilon(),
@@ -163,10 +165,10 @@ class ClientLevelDP:
             "noise_multiplier": self.noise_multiplier,
             "clip": self.settings.clip,
             "noise_std_on_sum": self.std,
-            "sample_rate": sample_rate,
+            "sample_rate": SAMPLE_RATE,
             "steps": self.history.steps,
             "accountant": self.settings.accountant,
-            "projected_epsilon": self.projected_epsilon(sample_rate),
+            "projected_epsilon": self.projected_epsilon(),
         }
 
     def state_dict(self) -> dict[str, Any]:

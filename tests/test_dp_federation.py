@@ -5,6 +5,7 @@ which passes messages through Flower's protobuf serialisation and keeps each nod
 """
 
 import pytest
+from test_dp_client_level import gaussian_rounds_epsilon
 
 from client import app as client_app
 from coordinator.ledger import read_ledger
@@ -249,3 +250,34 @@ def test_some_sites_refuse_for_budget_the_others_are_aggregated_and_the_run_save
     assert all(s["epsilon"] <= budget for s in by_site.values())
     assert "heldout_accuracy" in second and second["energy"]
     assert (tmp_path / "partial" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_client_level_dp_with_partial_participation_is_accounted_as_run(tmp_path):
+    """fraction-train = 0.5 over 4 sites: Flower picks 2 sites per round with non-secret
+    randomness and the ledger names them, so the release is accounted at q = 1. The final ε
+    is checked against Google's PLD accountant for the Gaussian mechanism actually run.
+    Mutation: account at q = sampled/total (0.5) -> the calibrated noise is smaller and the
+    independent ε passes the budget."""
+    nodes = [11, 22, 33, 44]
+    config = {
+        **RUN_CONFIG,
+        "run-dir": str(tmp_path),
+        "num-server-rounds": 2,
+        "fraction-train": 0.5,
+        "min-train-nodes": 2,
+        "min-available-nodes": 4,
+        "dp-mode": "client",
+        "dp-client-clip": 0.05,
+        "dp-client-target-epsilon": 3.0,
+        "dp-client-delta": 0.01,
+        "run-name": "partial-client",
+    }
+    run_coordinator(InProcessGrid(client_app.app, config, [{}] * 4, nodes), config)
+    ledger = read_ledger(tmp_path / "partial-client")
+
+    assert [len(row["sites"]) for row in ledger[1:]] == [2, 2]
+    block = ledger[2]["privacy"]
+    assert block["sample_rate"] == 1.0 and block["steps"] == 2
+    independent = gaussian_rounds_epsilon(block["noise_multiplier"], 2, 0.01)
+    assert independent <= 3.0 * 1.001
+    assert block["epsilon"] == pytest.approx(independent, rel=0.01)

@@ -281,12 +281,12 @@ def test_client_level_dp_composes_unit_weights_clipped_before_masking_noise_on_t
     grid = LocalGrid(app, run_config)
     client_settings = PrivacySettings.from_config(run_config).client
     dp = ClientLevelDP(client_settings, planned_rounds=1, rng=np.random.default_rng(7))
-    rate = dp.prepare_round(len(NODES), len(NODES))
+    dp.prepare_round(len(NODES))
     summed_sites = []
 
     def add_noise(update_sum, num_sites):
         summed_sites.append(num_sites)
-        return dp.add_noise(update_sum, num_sites, rate)
+        return dp.add_noise(update_sum, num_sites)
 
     outcome = _phase(grid, global_adapter, run_config, add_noise=add_noise)
     assert summed_sites == [len(NODES)] and dp.history.steps == 1
@@ -296,7 +296,7 @@ def test_client_level_dp_composes_unit_weights_clipped_before_masking_noise_on_t
     replay.noise_multiplier = dp.noise_multiplier
     names = sorted(global_adapter)
     zeros = {n: np.zeros(tuple(global_adapter[n].shape)) for n in names}
-    noise = replay.add_noise(zeros, len(NODES), rate)
+    noise = replay.add_noise(zeros, len(NODES))
     config = SecureAggregationSettings.from_config(run_config).round_config(
         len(NODES), uniform_weights=True
     )

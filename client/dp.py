@@ -1,7 +1,8 @@
 """What differential privacy changes at a site: how it trains and what its update may be.
 
 - ``dp-mode = "sample"``: DP-SGD (Opacus) instead of plain training, after checking this
-  round against the site's ε budget; the account is kept in ``context.state`` and reported.
+  round against the site's ε budget; the account is kept in a node-local file that outlives
+  the Flower run (`privacy.account_store`), written before the update leaves, and reported.
 - ``dp-mode = "client"``: the update is clipped to ``dp-client-clip`` before it leaves (and
   before any secure-aggregation masking); the coordinator adds the noise.
 """
@@ -18,6 +19,7 @@ from fedvlm.contract import dp_keys
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
 from fedvlm.training import TrainStats, train_local
+from privacy.account_store import AccountStore
 from privacy.client_level import clip_update
 from privacy.dp_sgd import require_per_example_gradients, train_local_dp
 from privacy.settings import PrivacySettings
@@ -60,9 +62,11 @@ def train_with_privacy(
             reference=reference,
         )
         return stats, {}
-    account = SiteAccount.open(
-        privacy.sample, context.state, config, site_key(context.node_config, context.node_id)
+    site = site_key(context.node_config, context.node_id)
+    store = AccountStore.for_site(
+        context.node_config, str(config.get(dp_keys.FEDERATION, "")), site
     )
+    account = SiteAccount.open(privacy.sample, store, config, site)
     try:
         require_per_example_gradients(model)
     except ConfigError as err:
@@ -85,7 +89,7 @@ def train_with_privacy(
         max_grad_norm=privacy.sample.max_grad_norm,
     )
     account.record(stats.releases)
-    account.save(context.state)
+    account.save(store)  # before the update can leave: a crash after release keeps the steps
     metrics = account.metrics(run.num_rounds * steps)
     return stats, {**metrics, dp_keys.EMPTY_BATCHES: stats.empty_batches}
 

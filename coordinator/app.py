@@ -118,7 +118,9 @@ def main(grid: Grid, context: Context) -> None:
         if too_small:
             print(f"fedvlm: warning: {too_small}", flush=True)
     # Differential privacy: checks at start-up, budget before each round, noise, accounts.
-    guard = PrivacyGuard(PrivacySettings.from_config(context.run_config), run, strategy)
+    guard = PrivacyGuard(
+        PrivacySettings.from_config(context.run_config), run, strategy, folder.federation_id
+    )
     train_phase = (
         partial(
             secure_train_phase,

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from coordinator.atomic import write_atomic
 from coordinator.ledger import truncate_ledger
+from fedvlm.atomic import write_atomic
 from fedvlm.errors import ConfigError
 
 CHECKPOINT = "checkpoint.npz"

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from coordinator.atomic import write_atomic
+from fedvlm.atomic import write_atomic
 
 LEDGER_JSONL = "ledger.jsonl"
 LEDGER_CSV = "ledger.csv"

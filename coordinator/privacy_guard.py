@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from fedvlm import contract
 from fedvlm.config import RunSettings
+from fedvlm.contract import dp_keys
 from fedvlm.errors import ConfigError
 from privacy.accounting import BudgetExhaustedError
 from privacy.client_level import ClientLevelDP
@@ -45,6 +46,9 @@ class PrivacyGuard:
         The run (planned rounds, sampling).
     strategy : AdapterStrategy
         Checked against the DP mode at construction.
+    federation : str
+        The run's federation id, sent to the sites so that their account files
+        (`privacy.account_store`) carry over a resume.
 
     Raises
     ------
@@ -52,8 +56,15 @@ class PrivacyGuard:
         When the strategy cannot run under the chosen DP mode (naming ``strategy``).
     """
 
-    def __init__(self, settings: PrivacySettings, run: RunSettings, strategy: AdapterStrategy):
+    def __init__(
+        self,
+        settings: PrivacySettings,
+        run: RunSettings,
+        strategy: AdapterStrategy,
+        federation: str = "",
+    ):
         self.settings = settings
+        self.federation = federation
         self.run = run
         self.strategy = strategy
         self.sample = SampleLevelLedger(settings.sample) if settings.sample else None
@@ -77,7 +88,9 @@ class PrivacyGuard:
         """The round's train config, with the sites' recorded accounts (sample level)."""
         if self.sample is None:
             return base
-        return ConfigRecord({**base, **self.sample.known_config()})
+        return ConfigRecord(
+            {**base, **self.sample.known_config(), dp_keys.FEDERATION: self.federation}
+        )
 
     def before_round(self, grid: Grid) -> None:
         """Check, before any site trains, that this round can fit the budget.

@@ -6,13 +6,14 @@ final adapter as a PEFT `save_pretrained` folder that `PeftModel.from_pretrained
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 
-from coordinator.atomic import write_atomic
+from fedvlm.atomic import write_atomic
 from fedvlm.config import RunSettings
 from fedvlm.energy import describe_hardware
 from fedvlm.errors import FedVLMError
@@ -36,6 +37,8 @@ class RunFolder:
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "run_id": run_id,
+            # Names each site's privacy account file; a resume keeps it (privacy.account_store).
+            "federation_id": uuid.uuid4().hex,
             "base_model": run.base_model,
             "base_model_path": resolve_model_path(run.base_model),
             "strategy": run.strategy,
@@ -46,6 +49,12 @@ class RunFolder:
         }
         write_atomic(path / RUN_JSON, json.dumps(meta, indent=2, default=str).encode())
         return cls(path)
+
+    @property
+    def federation_id(self) -> str:
+        """The id the sites file their privacy accounts under (the folder name if none)."""
+        meta = json.loads((self.path / RUN_JSON).read_text())
+        return str(meta.get("federation_id", self.path.name))
 
     def save_adapter(self, model: PeftModel) -> Path:
         """Save the global adapter as a PEFT folder and stamp the run's end in run.json."""

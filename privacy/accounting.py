@@ -2,7 +2,7 @@
 
 Opacus' accountants keep their state as a ``history`` list of ``(noise_multiplier,
 sample_rate, steps)``; that list is all that is needed to recompute ε, so it is what fedvlm
-persists (in a node's ``context.state``, in the coordinator's checkpoint, in the ledger). An
+persists (in a site's account file, in the coordinator's checkpoint, in the ledger). An
 accountant object is rebuilt from it whenever ε is needed, so no state can silently restart at
 zero because an object did not survive a process.
 """

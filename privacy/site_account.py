@@ -1,11 +1,11 @@
-"""A site's sample-level privacy account: persisted, checked before training, reported.
+"""A site's sample-level privacy account: persisted on the site, checked before training, reported.
 
-Client processes do not survive between rounds in a deployment, so the accountant's history
-lives in the node's persistent ``context.state`` and is also reported to the coordinator, which
-records it in its ledger and checkpoint and sends it back each round. A site starts a round
-from whichever of the two has accounted more steps: its own memory cannot be rolled back by
-the coordinator, and a site whose state was lost (new process, resumed run) continues from the
-coordinator's record instead of from ε = 0.
+The accountant's history lives in a node-local file (`privacy.account_store`), outside any
+one Flower run, written before an update leaves the site; it is also reported to the
+coordinator, which records it in its ledger and checkpoint and sends it back each round. A
+site starts a round from whichever of the two has accounted more steps: its own file cannot
+be rolled back by the coordinator, and a site whose file was lost (a new machine) continues
+from the coordinator's record instead of from ε = 0.
 
 Before training, `SiteAccount.plan_round` checks that this round's steps keep the site within its
 ε budget; if not, the site refuses and trains nothing.
@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from fedvlm import contract
 from fedvlm.contract import dp_keys
 from fedvlm.errors import ConfigError, FedVLMError
+from privacy.account_store import AccountStore
 from privacy.accounting import BudgetExhaustedError, PrivacyHistory, calibrate_noise
 from privacy.dp_sgd import poisson_sample_rate
 from privacy.settings import SampleLevelSettings, check_delta
@@ -30,15 +31,6 @@ def site_key(node_config: Mapping[str, Any], node_id: int) -> int:
     are drawn anew per run there), else its node id (stable for an authenticated node)."""
     partition = node_config.get("partition-id")
     return int(partition) if partition is not None else int(node_id)
-
-
-def _from_record(record: Mapping[str, Any], accountant: str) -> PrivacyHistory:
-    return PrivacyHistory.from_lists(
-        accountant,
-        list(record.get(dp_keys.STATE_NOISE, [])),
-        list(record.get(dp_keys.STATE_RATE, [])),
-        list(record.get(dp_keys.STATE_STEPS, [])),
-    )
 
 
 def known_history(config: Mapping[str, Any], site: int, accountant: str) -> PrivacyHistory:
@@ -104,25 +96,18 @@ class SiteAccount:
     def open(
         cls,
         settings: SampleLevelSettings,
-        state: RecordDict,
+        store: AccountStore,
         train_config: Mapping[str, Any],
         site: int,
     ) -> "SiteAccount":
-        """The account from the node's state or the coordinator's record, whichever is longer."""
-        own = _from_record(state.get(dp_keys.STATE_RECORD, {}), settings.accountant)
+        """The account from the site's file or the coordinator's record, whichever is longer."""
+        own = store.load(settings.accountant)
         known = known_history(train_config, site, settings.accountant)
         return cls(settings, known if known.steps > own.steps else own, site)
 
-    def save(self, state: RecordDict) -> None:
-        """Write the history into the node's persistent state."""
-        lists = self.history.to_lists()
-        state[dp_keys.STATE_RECORD] = ConfigRecord(
-            {
-                dp_keys.STATE_NOISE: lists["noise"],
-                dp_keys.STATE_RATE: lists["rate"],
-                dp_keys.STATE_STEPS: lists["steps"],
-            }
-        )
+    def save(self, store: AccountStore) -> None:
+        """Write the history to the site's file (call before the update is released)."""
+        store.save(self.history)
 
     def begin_round(
         self, *, num_examples: int, batch_size: int, local_steps: int, planned_rounds: int

@@ -11,7 +11,8 @@ this process, keeping what makes a deployment differ from a function call:
   wire can carry arrives, and arrives as a fresh object);
 - each node keeps its ``context.state`` between messages, and that state also goes through
   protobuf before each message, as it does when a SuperNode starts a fresh ClientApp
-  process (the DP account and the secure-aggregation round state live there);
+  process (the secure-aggregation round state lives there; a site's DP account lives in a
+  node-local file that outlives the run, `privacy.account_store`);
 - a ClientApp that raises becomes an error reply, as Flower's ClientApp runtime makes it.
 
 `run_coordinator` runs the coordinator's real ServerApp main against such a grid, with the

@@ -53,3 +53,12 @@ def cached_peft_model() -> Iterator[Callable[..., tuple]]:
             return model, processor
 
         yield load
+
+
+@pytest.fixture(autouse=True)
+def site_state_dir(tmp_path_factory, monkeypatch):
+    """Each test's sites keep their privacy account files in a fresh directory of their
+    own (`privacy.account_store`), never in the user's home; subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("site-state")
+    monkeypatch.setenv("FEDVLM_STATE_DIR", str(path))
+    return path

@@ -4,7 +4,9 @@ which passes messages through Flower's protobuf serialisation and keeps each nod
 `context.state` between messages, as a deployment does.
 """
 
+import dp_accounting
 import pytest
+from dp_accounting import pld
 from test_dp_client_level import gaussian_rounds_epsilon
 
 from client import app as client_app
@@ -281,3 +283,48 @@ def test_client_level_dp_with_partial_participation_is_accounted_as_run(tmp_path
     independent = gaussian_rounds_epsilon(block["noise_multiplier"], 2, 0.01)
     assert independent <= 3.0 * 1.001
     assert block["epsilon"] == pytest.approx(independent, rel=0.01)
+
+
+class CrashAfterRepliesGrid(InProcessGrid):
+    """Kills the coordinator right after its ``crash_at_train``-th train batch was answered:
+    the sites trained and released their updates, the coordinator recorded nothing."""
+
+    def __init__(self, run_config: dict, crash_at_train: int) -> None:
+        super().__init__(client_app.app, run_config, SITES, NODES)
+        self.crash_at_train = crash_at_train
+        self.train_batches = 0
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            self.train_batches += 1
+            if self.train_batches == self.crash_at_train:
+                raise CrashError
+        return replies
+
+
+def test_steps_released_before_a_coordinator_crash_stay_accounted_after_resume(tmp_path):
+    """Round 2's updates were released, then the coordinator died before checkpointing it.
+    The resumed run (new Flower run, new node ids, empty context.state) repeats round 2, so
+    each site took 2 + 2 + 2 + 2 = 8 DP steps; the final ε must be that of 8 steps, by Google's
+    PLD accountant. Mutation: keep the account in context.state (or write the file after the
+    reply) -> the sites continue from the coordinator's checkpoint and report 6 steps."""
+    dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 50.0}
+    config = {**RUN_CONFIG, "run-dir": str(tmp_path), **dp, "run-name": "killed"}
+    with pytest.raises(CrashError):
+        run_coordinator(CrashAfterRepliesGrid(config, crash_at_train=2), config)
+    assert [row["round"] for row in read_ledger(tmp_path / "killed")] == [0, 1]
+    resumed = {**config, "resume": "killed"}
+    run_coordinator(InProcessGrid(client_app.app, resumed, SITES, RESUMED_NODES), resumed, run_id=2)
+    ledger = read_ledger(tmp_path / "killed")
+
+    assert [row["round"] for row in ledger] == [0, 1, 2, 3]
+    rate = poisson_sample_rate(12, 4)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(1.0)), 8
+    )
+    independent = pld.PLDAccountant().compose(event).get_epsilon(1e-5)
+    for site in ledger[3]["privacy"]["sites"].values():
+        assert site["steps"] == 8
+        assert site["epsilon"] == pytest.approx(independent, rel=0.01)

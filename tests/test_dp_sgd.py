@@ -7,7 +7,6 @@ import pytest
 import tiny_vlms
 import torch
 from dp_accounting import pld, rdp
-from flwr.app import RecordDict
 
 from fedvlm.adapter import get_adapter_state, set_adapter_state, subtract
 from fedvlm.batching import encode, score
@@ -17,6 +16,7 @@ from fedvlm.errors import ConfigError
 from fedvlm.lora import LoraSettings, apply_lora
 from fedvlm.training import take, train_local
 from fedvlm.vlm import load_base, load_peft_model
+from privacy.account_store import AccountStore
 from privacy.accounting import BudgetExhaustedError
 from privacy.dp_sgd import (
     make_private,
@@ -145,15 +145,15 @@ def _independent_epsilon(accountant: str, noise: float, rate: float, steps: int,
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
-def test_reported_epsilon_matches_an_independent_accountant(vlm, accountant):
-    """Two rounds at a site, state kept in a RecordDict as in `context.state`."""
+def test_reported_epsilon_matches_an_independent_accountant(vlm, accountant, tmp_path):
+    """Two rounds at a site, the account kept in its file between them."""
     model, processor = vlm
     initial = get_adapter_state(model)
     examples = make_examples(24, seed=7)
     settings = PrivacySettings.from_config(
         {"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-accountant": accountant}
     ).sample
-    state = RecordDict()
+    state = AccountStore(tmp_path / "site-0.json")
     for _ in range(2):
         account = SiteAccount.open(settings, state, {}, site=0)
         plan = account.begin_round(num_examples=24, batch_size=4, local_steps=3, planned_rounds=4)
@@ -181,11 +181,11 @@ def test_reported_epsilon_matches_an_independent_accountant(vlm, accountant):
     assert 0.95 * 8.0 <= reported[dp_keys.PROJECTED_EPSILON] <= 8.0 * 1.01
 
 
-def test_a_round_that_would_exceed_the_budget_is_refused_before_training():
+def test_a_round_that_would_exceed_the_budget_is_refused_before_training(tmp_path):
     settings = PrivacySettings.from_config(
         {"dp-mode": "sample", "dp-target-epsilon": 5.0, "dp-noise-multiplier": 1.0}
     ).sample
-    state = RecordDict()
+    state = AccountStore(tmp_path / "site-3.json")
     account = SiteAccount.open(settings, state, {}, site=3)
     account.begin_round(num_examples=96, batch_size=8, local_steps=16, planned_rounds=10)
     account.record([(1.0, 1 / 12, 16)])  # what Opacus counted for the round
@@ -209,15 +209,16 @@ def test_a_round_that_would_exceed_the_budget_is_refused_before_training():
         dp_keys.KNOWN_RATE: [1 / 12],
         dp_keys.KNOWN_STEPS: [again.history.steps],
     }
-    fresh = SiteAccount.open(settings, RecordDict(), known, site=3)
+    fresh = SiteAccount.open(settings, AccountStore(tmp_path / "lost.json"), known, site=3)
     assert fresh.epsilon() == pytest.approx(again.epsilon())
 
 
-def test_delta_at_or_above_one_over_n_is_refused_naming_the_key():
+def test_delta_at_or_above_one_over_n_is_refused_naming_the_key(tmp_path):
     settings = PrivacySettings.from_config(
         {"dp-mode": "sample", "dp-target-epsilon": 8.0, "dp-delta": 0.05}
     ).sample
-    account = SiteAccount(settings, SiteAccount.open(settings, RecordDict(), {}, 0).history, 0)
+    store = AccountStore(tmp_path / "site-0.json")
+    account = SiteAccount(settings, SiteAccount.open(settings, store, {}, 0).history, 0)
     with pytest.raises(SiteRefusalError) as refusal:
         account.begin_round(num_examples=40, batch_size=8, local_steps=4, planned_rounds=2)
     assert refusal.value.code == dp_keys.MISCONFIGURED

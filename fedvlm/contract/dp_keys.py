@@ -1,4 +1,4 @@
-"""Names of the DP fields in train messages and in a node's persistent state.
+"""Names of the DP fields in train messages.
 
 Part of the message contract (`fedvlm.contract`): the sites (`client`, `privacy.site_account`)
 write them and the coordinator (`privacy.sample_ledger`) reads them. Values are scalars or
@@ -37,9 +37,6 @@ KNOWN_NOISE = "dp-known-noise"
 KNOWN_RATE = "dp-known-rate"
 KNOWN_STEPS = "dp-known-steps"
 
-# Name of the record in a node's `context.state` holding its history, and its keys (kept on
-# the node, never sent).
-STATE_RECORD = "dp-sample-accountant"
-STATE_NOISE = "noise"
-STATE_RATE = "rate"
-STATE_STEPS = "steps"
+# Train ConfigRecord (coordinator -> sites): the federation's id, which names the site's
+# account file (`privacy.account_store`) unless the site pins its own.
+FEDERATION = "dp-federation"

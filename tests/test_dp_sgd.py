@@ -76,40 +76,58 @@ def test_no_noise_and_a_huge_clip_reproduce_the_non_dp_update():
 
 
 def test_every_per_sample_gradient_is_clipped_to_the_bound(vlm):
-    """Each example's clipped gradient (alone in a batch) has norm <= C, clipping is active,
-    and a batch's clipped sum is the sum of those per-example clipped gradients."""
+    """Each example alone in a batch: Opacus' per-sample gradient equals autograd's own
+    gradient of that example, and its clipped version is exactly g * min(1, C / |g|) (norm
+    <= C); a batch's clipped sum is the sum of those. Clipping is active for some examples
+    and not for others, so a per-sample gradient scaled by any factor changes the result.
+    Mutation: scale Opacus' grad_sample by 0.25 -> fails."""
     model, processor = vlm
-    examples = make_examples(4, seed=5)
+    examples = make_examples(6, seed=5)
     data = encode(processor, examples)
-    clip = 1e-3  # per-example gradient norms of the embedded model are ~1e-3 to 1e-2
+    params = [p for p in model.parameters() if p.requires_grad]
+    references, true_norms = [], []
+    for i in range(len(examples)):  # plain autograd, no Opacus: the reference gradients
+        loss, _ = score(model, take(data, torch.tensor([i])))
+        references.append(torch.autograd.grad(loss.mean(), params))
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in references[-1]))
+        true_norms.append(float(norm))
+    clip = sorted(true_norms)[len(true_norms) // 2]  # the median: half clipped, half not
     engine, hooks, optimizer, _ = make_private(
         model, len(examples), lr=1e-3, batch_size=4, noise_multiplier=0.0, max_grad_norm=clip
     )
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    def clipped_sum(index: list[int]) -> tuple[list[torch.Tensor], float]:
+    def clipped_sum(index: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         optimizer.zero_grad(set_to_none=True)
         loss, _ = score(model, take(data, torch.tensor(index)))
         loss.mean().backward()
-        raw = float(torch.cat([p.grad_sample.flatten(1) for p in params], 1).norm(dim=1).max())
+        per_sample = [p.grad_sample.sum(0).clone() for p in params]
         optimizer.clip_and_accumulate()
-        return [p.summed_grad.clone() for p in params], raw
+        return [p.summed_grad.clone() for p in params], per_sample
 
     try:
-        singles, raws = [], []
+        singles = []
+        clipped_any = unclipped_any = False
         for i in range(len(examples)):
-            summed, raw = clipped_sum([i])
-            norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in summed)))
-            assert norm <= clip + 1e-6
+            summed, per_sample = clipped_sum([i])
+            reference = references[i]
+            factor = min(1.0, clip / true_norms[i])
+            clipped_any |= factor < 0.99
+            unclipped_any |= factor == 1.0
+            for got, raw, ref in zip(summed, per_sample, reference, strict=True):
+                assert torch.allclose(raw, ref, atol=1e-7, rtol=1e-3)
+                assert torch.allclose(got, ref * factor, atol=1e-7, rtol=1e-3)
+            out = float(torch.sqrt(sum((g.double() ** 2).sum() for g in summed)))
+            assert out <= clip * (1 + 1e-5)
             singles.append(summed)
-            raws.append(raw)
-        assert max(raws) > 2 * clip  # the bound really cut gradients
+        assert clipped_any and unclipped_any
         batch, _ = clipped_sum(list(range(len(examples))))
         for k, got in enumerate(batch):
             expected = sum(single[k] for single in singles)
             assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
     finally:
         hooks.cleanup()
+        for p in params:
+            p.grad = None
         model.eval()
 
 

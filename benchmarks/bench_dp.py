@@ -5,8 +5,10 @@ Two tables:
 1. Time of one DP-SGD step / one plain step (forward, backward, AdamW step) on the same
    batch, for Opacus' per-sample-gradient modes: ``hooks`` (fedvlm's default), ``functorch``
    and ``ghost`` (ghost clipping: per-sample norms without per-sample gradients, two
-   backward passes). Blocks of steps of every mode are interleaved, repeated, and the median
-   per-step time is reported, so machine load drifts hit all modes alike.
+   backward passes), and ``hooks+csprng``: hooks with the noise drawn from AES-CTR
+   (`privacy.secure_noise`, what fedvlm runs). Blocks of steps of every mode are
+   interleaved, repeated, and the median per-step time is reported, so machine load drifts
+   hit all modes alike.
 2. Held-out accuracy after the same rounds without DP and at ε ∈ {8, 3, 1} (δ = 1e-5, the
    noise calibrated per site for the whole run), on the synthetic non-IID task. The rounds
    run through the real coordinator (`coordinator.app.main`) and the real ClientApp, joined
@@ -39,9 +41,12 @@ from fedvlm.batching import answer_loss, encode, score
 from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.training import take
 from fedvlm.vlm import load_peft_model
+from privacy.dp_sgd import use_secure_noise
+from privacy.secure_noise import SecureRandom
 from simulations.in_process import InProcessGrid, run_coordinator
 
-MODES = ("hooks", "functorch", "ghost")
+# "+csprng": the same Opacus mode with the noise from privacy.secure_noise (what fedvlm runs).
+MODES = ("hooks", "hooks+csprng", "functorch", "ghost")
 
 
 class AnswerLoss(torch.nn.Module):
@@ -65,10 +70,12 @@ def _private(model, batch_size: int, mode: str):
         data_loader=loader,
         noise_multiplier=1.0,
         max_grad_norm=1.0,
-        grad_sample_mode=mode,
+        grad_sample_mode=mode.removesuffix("+csprng"),
         wrap_model=False,
     )
     hooks, optimizer = made[0], made[1]
+    if mode.endswith("+csprng"):
+        use_secure_noise(optimizer, SecureRandom())
     return hooks, optimizer, made[2] if mode == "ghost" else None
 
 
@@ -121,15 +128,15 @@ def step_time_table(run: RunSettings, batch_size: int, repeats: int, steps: int)
     plain = statistics.median(samples[None])
     print(f"\nDP-SGD step time on the embedded model (batch {batch_size}, {repeats} interleaved")
     print(f"blocks of {steps - 1} timed steps per mode, median seconds per step)\n")
-    print(f"| {'mode':<9} | {'s/step':>7} | {'vs non-DP':>9} |")
-    print(f"|{'-' * 11}|{'-' * 9}|{'-' * 11}|")
-    print(f"| {'non-DP':<9} | {plain:7.3f} | {1.0:8.2f}x |")
+    print(f"| {'mode':<12} | {'s/step':>7} | {'vs non-DP':>9} |")
+    print(f"|{'-' * 14}|{'-' * 9}|{'-' * 11}|")
+    print(f"| {'non-DP':<12} | {plain:7.3f} | {1.0:8.2f}x |")
     for mode in MODES:
         if mode in errors:
-            print(f"| {mode:<9} | {'fails':>7} | {errors[mode]} |")
+            print(f"| {mode:<12} | {'fails':>7} | {errors[mode]} |")
         else:
             median = statistics.median(samples[mode])
-            print(f"| {mode:<9} | {median:7.3f} | {median / plain:8.2f}x |")
+            print(f"| {mode:<12} | {median:7.3f} | {median / plain:8.2f}x |")
 
 
 def accuracy_table(

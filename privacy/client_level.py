@@ -17,7 +17,6 @@ Uniform weights keep the sensitivity exactly C.
 """
 
 import math
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from fedvlm.errors import FedVLMError
 from privacy.accounting import BudgetExhaustedError, PrivacyHistory, calibrate_noise
+from privacy.secure_noise import SecureRandom
 from privacy.settings import ClientLevelSettings, check_delta
 
 #: q of every client-level release: sites are not Poisson-sampled with secret randomness
@@ -61,22 +61,23 @@ class ClientLevelDP:
         accountant.
     planned_rounds : int
         Rounds the run plans (``num-server-rounds``), for calibration and the projected ε.
-    rng : numpy.random.Generator, optional
-        Noise source; by default seeded from the OS's entropy, so no site can predict it.
-        Tests pass a seeded one.
+    rng : SecureRandom or numpy.random.Generator, optional
+        Noise source (anything with numpy's ``normal(loc, scale, size)``); by default a
+        CSPRNG keyed from the OS's entropy (`privacy.secure_noise`), so no one can predict
+        it from the releases. Tests pass a seeded numpy one to replay the noise.
     """
 
     def __init__(
         self,
         settings: ClientLevelSettings,
         planned_rounds: int,
-        rng: np.random.Generator | None = None,
+        rng: SecureRandom | np.random.Generator | None = None,
     ) -> None:
         self.settings = settings
         self.planned_rounds = planned_rounds
         self.noise_multiplier = settings.noise_multiplier
         self.history = PrivacyHistory(settings.accountant)
-        self.rng = rng or np.random.default_rng(secrets.randbits(128))
+        self.rng = rng or SecureRandom()
 
     @property
     def std(self) -> float:

@@ -3,8 +3,8 @@
 Same contract as `fedvlm.training.train_local` (AdamW on the parameters that require grad,
 answer-token loss), with what DP-SGD changes:
 
-- batches are Poisson samples (each example independently with probability q), drawn by
-  Opacus' `DPDataLoader`, which the privacy amplification of the accountant assumes;
+- batches are Poisson samples (each example independently with probability q, q as Opacus'
+  `DPDataLoader` derives it), which the privacy amplification of the accountant assumes;
 - each example's gradient is clipped to ``max_grad_norm`` and Gaussian noise of std
   ``noise_multiplier * max_grad_norm`` is added to their sum (Opacus' `DPOptimizer`);
 - an empty Poisson batch skips the forward (the VLM cannot run on zero images), gives every
@@ -14,13 +14,13 @@ answer-token loss), with what DP-SGD changes:
   evaluated (and trained again) after this call.
 
 Randomness: the Poisson draws and the noise must be secret from the coordinator (the seed it
-hands out for non-DP batches would let it undo both), so by default they come from a torch
-generator seeded with 63 bits of OS entropy, in a forked RNG that leaves the caller's stream
-untouched. ``rng_seed`` fixes them for tests and benchmarks only.
+hands out for non-DP batches would let it undo both) and unpredictable from what is released,
+so both come from a CSPRNG keyed by the OS (`privacy.secure_noise.SecureRandom`), which
+replaces Opacus' noise (`use_secure_noise`) and its loader's sampling; the caller's torch
+stream is left untouched. ``rng_seed`` fixes them for tests and benchmarks only.
 """
 
 import math
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import AbstractGradSampleHooks
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedModel, ProcessorMixin
 
@@ -38,6 +39,7 @@ from fedvlm.errors import ConfigError, DataError
 from fedvlm.families import family_for_config
 from fedvlm.training import TrainStats, take
 from privacy.accounting import Release
+from privacy.secure_noise import SecureRandom
 
 
 def require_per_example_gradients(model: PreTrainedModel) -> None:
@@ -83,6 +85,24 @@ class DPTrainStats(TrainStats):
     empty_batches: int
 
 
+def use_secure_noise(optimizer: DPOptimizer, source: SecureRandom) -> None:
+    """Make ``optimizer`` draw its Gaussian noise from ``source`` instead of torch's generator.
+
+    Opacus' ``add_noise`` with its noise call swapped: Opacus' own secure mode needs the
+    torchcsprng extension (see `privacy.secure_noise`), and its optimizer takes no noise
+    source, so the bound method is replaced on this instance.
+    """
+
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)  # as Opacus: never noise a sum twice
+            p.grad = (p.summed_grad + source.normal_like(std, p.summed_grad)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise
+
+
 def make_private(
     model: PreTrainedModel,
     num_examples: int,
@@ -91,19 +111,22 @@ def make_private(
     batch_size: int,
     noise_multiplier: float,
     max_grad_norm: float,
+    source: SecureRandom,
     grad_sample_mode: str = "hooks",
-) -> tuple[PrivacyEngine, AbstractGradSampleHooks, DPOptimizer, DataLoader]:
-    """Opacus' engine, hooks, DP AdamW and Poisson loader of example indices for ``model``.
+) -> tuple[PrivacyEngine, AbstractGradSampleHooks, DPOptimizer]:
+    """Opacus' engine, hooks and DP AdamW for ``model``, noised from ``source``.
 
-    The loader yields batches of indices into the encoded examples (the images are encoded
-    once, up front); ``wrap_model=False`` leaves the `PeftModel` as it is, with per-sample
-    gradient hooks on its trainable modules only. The caller must ``hooks.cleanup()``.
+    Opacus derives q and the expected batch size from a Poisson loader over the example
+    indices; the batches themselves are drawn by the caller from ``source``
+    (`SecureRandom.poisson_batch`). ``wrap_model=False`` leaves the `PeftModel` as it is,
+    with per-sample gradient hooks on its trainable modules only. The caller must
+    ``hooks.cleanup()``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     index_loader = DataLoader(TensorDataset(torch.arange(num_examples)), batch_size=batch_size)
     engine = PrivacyEngine(accountant="prv")
     model.train()  # Opacus validates that the model is in training mode
-    hooks, optimizer, loader = engine.make_private(
+    hooks, optimizer, _ = engine.make_private(
         module=model,
         optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         data_loader=index_loader,
@@ -113,7 +136,8 @@ def make_private(
         grad_sample_mode=grad_sample_mode,
         wrap_model=False,
     )
-    return engine, hooks, optimizer, loader
+    use_secure_noise(optimizer, source)
+    return engine, hooks, optimizer
 
 
 def train_local_dp(
@@ -139,43 +163,39 @@ def train_local_dp(
     start = time.perf_counter()
     data = encode(processor, examples)
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(secrets.randbits(63) if rng_seed is None else rng_seed)
-        engine, hooks, optimizer, loader = make_private(
-            model,
-            len(examples),
-            lr=lr,
-            batch_size=batch_size,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            grad_sample_mode=grad_sample_mode,
-        )
-        losses: list[float] = []
-        empty = 0
-        try:
-            batches = iter(loader)
-            for _ in range(steps):
-                index = next(batches, None)
-                if index is None:  # one pass over the Poisson loader is 1/q batches
-                    batches = iter(loader)
-                    index = next(batches)
-                index = index[0]
-                optimizer.zero_grad(set_to_none=True)
-                if len(index) == 0:
-                    empty += 1
-                    for p in params:
-                        p.grad_sample = p.new_zeros((0, *p.shape))
-                else:
-                    answer_loss, _ = score(model, take(data, index))
-                    loss = answer_loss.mean()
-                    loss.backward()
-                    losses.append(loss.item())
-                optimizer.step()
-        finally:
-            hooks.cleanup()
-            for p in params:
-                p.grad = None
-            model.eval()
+    source = SecureRandom(rng_seed)
+    rate = poisson_sample_rate(len(examples), batch_size)
+    engine, hooks, optimizer = make_private(
+        model,
+        len(examples),
+        lr=lr,
+        batch_size=batch_size,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        source=source,
+        grad_sample_mode=grad_sample_mode,
+    )
+    losses: list[float] = []
+    empty = 0
+    try:
+        for _ in range(steps):
+            index = source.poisson_batch(len(examples), rate)
+            optimizer.zero_grad(set_to_none=True)
+            if len(index) == 0:
+                empty += 1
+                for p in params:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+            else:
+                answer_loss, _ = score(model, take(data, index))
+                loss = answer_loss.mean()
+                loss.backward()
+                losses.append(loss.item())
+            optimizer.step()
+    finally:
+        hooks.cleanup()
+        for p in params:
+            p.grad = None
+        model.eval()
     return DPTrainStats.from_losses(
         losses,
         steps=steps,

@@ -24,6 +24,7 @@ from privacy.dp_sgd import (
     require_per_example_gradients,
     train_local_dp,
 )
+from privacy.secure_noise import SecureRandom
 from privacy.settings import PrivacySettings
 from privacy.site_account import SiteAccount, SiteRefusalError
 
@@ -92,8 +93,14 @@ def test_every_per_sample_gradient_is_clipped_to_the_bound(vlm):
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in references[-1]))
         true_norms.append(float(norm))
     clip = sorted(true_norms)[len(true_norms) // 2]  # the median: half clipped, half not
-    engine, hooks, optimizer, _ = make_private(
-        model, len(examples), lr=1e-3, batch_size=4, noise_multiplier=0.0, max_grad_norm=clip
+    engine, hooks, optimizer = make_private(
+        model,
+        len(examples),
+        lr=1e-3,
+        batch_size=4,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        source=SecureRandom(0),
     )
 
     def clipped_sum(index: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -3,9 +3,11 @@
 Both sides of the federated evaluation use this module; its MetricRecord keys are part of the
 message contract (``fedvlm.contract.eval_keys``). A site sends scalars only: its loss and
 accuracy, per question type the count and accuracy, and per subgroup (a value of an optional
-attribute field of its ``metadata.jsonl``, e.g. ``scanner=B``) the count and, only when the
-group is large enough, the accuracy. A group below ``eval-min-subgroup`` examples is
-*suppressed*: its count travels, its accuracy never does.
+attribute field of its ``metadata.jsonl``, e.g. ``scanner=B``) the count and accuracy of the
+groups large enough to report. A group below ``eval-min-subgroup`` examples is *suppressed*:
+neither its value, its count nor its accuracy travels; the suppressed groups of a field are
+pooled as one ``(suppressed)`` group whose count alone is sent (it equals the site's total
+minus the reported groups, so withholding it would hide nothing), never scored.
 
 Suppression alone is not enough: with the site's overall accuracy and every other group's
 accuracy known, a single suppressed group's accuracy is a subtraction away. So the smallest
@@ -42,6 +44,7 @@ DEFAULT_MIN_SUBGROUP = 10
 
 UNTYPED = "untyped"  # name of the question type of examples that have none
 MISSING = "(missing)"  # value of a field an example does not carry
+SUPPRESSED = "(suppressed)"  # the pooled suppressed groups of a field
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,11 @@ def site_metrics(
     for name, by_value in subgroups(examples).items():
         hidden = suppressed_values({v: len(g) for v, g in by_value.items()}, min_subgroup)
         for value, group in by_value.items():
-            metrics[f"{GROUP_N}{name}={value}"] = len(group)
             if value not in hidden:
+                metrics[f"{GROUP_N}{name}={value}"] = len(group)
                 metrics[f"{GROUP_ACC}{name}={value}"] = evaluate(model, processor, group).accuracy
+        if hidden:  # pooled: no small group's value or size leaves the site
+            metrics[f"{GROUP_N}{name}={SUPPRESSED}"] = sum(len(by_value[v]) for v in hidden)
     return metrics
 
 

@@ -22,7 +22,7 @@ from fedvlm.errors import FedVLMError
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.baselines import write_baselines
+    from simulations.baselines import is_private, write_baselines
     from simulations.real_data import DATA_KEYS, with_data
     from simulations.runner import run_scenario
     from simulations.scenario import Scenario
@@ -38,7 +38,9 @@ def _simulate(args: argparse.Namespace) -> int:
     data = flags if ("sites" in flags or "dataset" in flags) else {**scenario.data, **flags}
     scenario, overrides = with_data(scenario, data, overrides)
     run_dir = run_scenario(scenario, overrides, Path(args.run_dir) if args.run_dir else None)
-    if args.baselines:  # what each site reaches alone, beside what federation gave it
+    if args.baselines and is_private(run_dir):  # they would train on the sites' data without DP
+        print("fedvlm: no baselines for a DP run: they train without differential privacy")
+    elif args.baselines:  # what each site reaches alone, beside what federation gave it
         write_baselines(run_dir)
     print(f"fedvlm: run folder {run_dir}")
     return 0

@@ -105,9 +105,12 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
         pad=summed_by_coordinator(context.run_config),
     )
     update = protect_update(context.run_config, update)
+    # Under DP the train loss is withheld: computed on the training examples without noise,
+    # it is a release no privacy account covers (README, "What the guarantee covers").
+    private = PrivacySettings.from_config(context.run_config).mode != "none"
     metrics = {
         contract.NUM_EXAMPLES: len(site.train),
-        contract.TRAIN_LOSS: stats.mean_loss,
+        **({} if private else {contract.TRAIN_LOSS: stats.mean_loss}),
         contract.TRAIN_SECONDS: time.perf_counter() - started,
         contract.BYTES_DOWN: adapter_nbytes(global_adapter),
         contract.BYTES_UP: adapter_nbytes(update),

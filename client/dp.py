@@ -90,8 +90,8 @@ def train_with_privacy(
     )
     account.record(stats.releases)
     account.save(store)  # before the update can leave: a crash after release keeps the steps
-    metrics = account.metrics(run.num_rounds * steps)
-    return stats, {**metrics, dp_keys.EMPTY_BATCHES: stats.empty_batches}
+    # The number of empty Poisson batches is not sent: it is a function of the secret sampling.
+    return stats, account.metrics(run.num_rounds * steps)
 
 
 def protect_update(run_config: Mapping[str, Any], update: Adapter) -> Adapter:

@@ -70,15 +70,29 @@ def _privacy_words(summary: dict[str, Any]) -> list[str]:
         factor = f"e^ε ≈ {math.exp(eps):.3g}" if eps is not None and eps < 700 else "e^ε"
         lines.append(
             f"- **{unit}-level (ε = {_fmt(eps, '.3g')}, δ = {_fmt(delta, '.3g')})**: whether or "
-            f"not {who} was used, the probability of any outcome of this training changes by "
-            f"at most a factor {factor}, except with probability δ."
+            f"not {who} was used, the probability of any sequence of adapter updates the sites "
+            f"released (and so of this adapter, and of any figure computed from the adapter "
+            f"alone, such as the coordinator's held-out accuracy) changes by at most a factor "
+            f"{factor}, except with probability δ."
             + (
                 f" Noise multiplier {entry['noise_multiplier']}."
                 if entry.get("noise_multiplier") is not None
                 else ""
             )
         )
-    return lines
+    return [*lines, "", *OUTSIDE_THE_GUARANTEE]
+
+
+#: Everything else a DP run releases, stated on every DP run's card (and in the README).
+OUTSIDE_THE_GUARANTEE = [
+    "**Not covered by this guarantee** (released as measured, no noise): each site's number "
+    "of training examples, training seconds, energy and bytes; which sites took part in each "
+    "round and which refused, with the reasons; each site's validation loss and accuracy, per "
+    "question type and per subgroup (computed on the sites' validation splits, which training "
+    "never touches; subgroups smaller than `eval-min-subgroup` are pooled as `(suppressed)` and "
+    "never scored). The training loss is not released under differential privacy, and no "
+    "non-private baseline is computed or shown for this run.",
+]
 
 
 def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -148,18 +162,21 @@ def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _round_table(rows: list[dict[str, Any]]) -> list[str]:
+def _round_table(rows: list[dict[str, Any]], private: bool) -> list[str]:
+    """The per-round table; a DP run has no train-loss column (never released under DP)."""
+    loss_head, loss_rule = ("", "") if private else (" train loss |", "---:|")
     lines = [
-        "| round | sites | train loss | site acc. | held-out acc. | ε | kWh | gCO2e |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| round | sites |{loss_head} site acc. | held-out acc. | ε | kWh | gCO2e |",
+        f"|---:|---:|{loss_rule}---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         energy = row.get("energy") or {}
         total = energy.get("total", {})
         eps = [e.get("epsilon") for e in privacy_entries(row) if e.get("epsilon") is not None]
+        loss = "" if private else f" {_fmt(row.get('train_loss'), '.4f')} |"
         lines.append(
-            f"| {row['round']} | {len(row.get('sites', []))} | {_fmt(row.get('train_loss'), '.4f')}"
-            f" | {_fmt(row.get('fed_eval_accuracy'))} | {_fmt(row.get('heldout_accuracy'))}"
+            f"| {row['round']} | {len(row.get('sites', []))} |{loss}"
+            f" {_fmt(row.get('fed_eval_accuracy'))} | {_fmt(row.get('heldout_accuracy'))}"
             f" | {', '.join(format(e, '.3g') for e in eps) or '-'}"
             f" | {_fmt(total.get('kwh'), '.3g')} | {_fmt(total.get('gco2e'), '.3g')} |"
         )
@@ -250,7 +267,7 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
             else "."
         ),
         "",
-        *_round_table(rows),
+        *_round_table(rows, private=bool(summary["privacy"])),
         "",
         "## Energy and carbon",
         "",

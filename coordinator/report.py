@@ -35,17 +35,19 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     run = load_run(Path(run_dir))
     folder = run.path / PLOTS_DIR
     drawn: dict[str, Any] = {}
+    private = any(privacy_entries(r) for r in run.rows)
     makers = [
         ("accuracy", plots.accuracy_plot),
         ("energy", plots.energy_plot),
         ("bytes", plots.bytes_plot),
     ]
-    if any(privacy_entries(r) for r in run.rows):
+    if private:
         makers.insert(1, ("epsilon", plots.epsilon_plot))
     if site_plots.site_rows(run.rows):
         makers[:0] = [("site_accuracy", site_plots.site_accuracy_plot)]
         makers.append(("fairness", site_plots.fairness_plot))
-    baselines = read_baselines(run.path)
+    # Non-DP baselines (local-only, personalised) never appear beside a DP run's figures.
+    baselines = None if private else read_baselines(run.path)
     if baselines:
         makers.append(("baselines", lambda _rows, path: site_plots.baselines_plot(baselines, path)))
     for name, draw in makers:

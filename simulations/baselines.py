@@ -31,14 +31,21 @@ from coordinator.html_report import BASELINES_JSON
 from coordinator.report import build_report
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.config import NodeSettings, RunSettings
-from fedvlm.errors import DataError, FedVLMError
+from fedvlm.errors import ConfigError, DataError, FedVLMError
 from fedvlm.ledger_schema import load_run, summarize
 from fedvlm.lora import apply_lora
 from fedvlm.site_metrics import EvalSettings, personalised
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_base, load_peft_model
+from privacy.settings import PrivacySettings
 
 ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
+
+
+def is_private(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` used differential privacy (its run.json's dp-mode)."""
+    config = load_run(Path(run_dir)).meta.get("run_config", {})
+    return PrivacySettings.from_config(config).mode != "none"
 
 
 def compute_baselines(
@@ -55,6 +62,12 @@ def compute_baselines(
         If the run folder has no final adapter.
     """
     run_dir = Path(run_dir)
+    if is_private(run_dir):
+        raise ConfigError(
+            "dp-mode",
+            f"{run_dir} is a DP run: its baselines would train on the sites' data without "
+            "differential privacy and be shown beside its figures",
+        )
     record = load_run(run_dir)
     settings = RunSettings.from_config(record.meta.get("run_config", {}))
     if not (run_dir / ADAPTER_FILE).is_file():

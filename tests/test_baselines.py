@@ -8,7 +8,7 @@ from lora_start import b_moved_off_zero
 from fedvlm.adapter import get_adapter_state, set_adapter_state
 from fedvlm.config import RunSettings
 from fedvlm.data.partition import synthetic_site
-from fedvlm.errors import DataError
+from fedvlm.errors import ConfigError, DataError
 from fedvlm.lora import apply_lora
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_base
@@ -99,3 +99,14 @@ def test_a_run_without_its_final_adapter_is_refused(run_dir):
     (path / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(DataError, match="no final adapter"):
         compute_baselines(path)
+
+
+def test_a_dp_run_gets_no_non_private_baselines(run_dir):
+    """They would train on the sites' data without DP and sit beside the DP figures.
+    Mutation: drop the is_private check in compute_baselines -> fails."""
+    path, _, _ = run_dir
+    config = {**RUN_CONFIG, "dp-mode": "sample", "dp-target-epsilon": 8.0}
+    (path / "run.json").write_text(json.dumps({"run_id": "run", "run_config": config}))
+    with pytest.raises(ConfigError) as err:
+        compute_baselines(path)
+    assert err.value.key == "dp-mode"

@@ -108,9 +108,9 @@ def test_report_html_is_self_contained_and_holds_the_ledger_figures(run_dir: Pat
     html = (run_dir / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert html.count('src="data:image/png;base64,') == len(report["plots"])
-    assert {"site_accuracy", "fairness", "baselines", "epsilon", "energy", "bytes"} <= set(
-        report["plots"]
-    )
+    assert {"site_accuracy", "fairness", "epsilon", "energy", "bytes"} <= set(report["plots"])
+    # A DP run never shows non-private baselines, even when a baselines.json lies beside it.
+    assert "baselines" not in report["plots"] and "No baselines recorded" in html
     series = report["plots"]["site_accuracy"]["series"]
     for i, worst in enumerate(series["worst_accuracy"]):
         assert worst == pytest.approx(min(s[i] for s in series["sites"].values()))
@@ -150,3 +150,11 @@ def test_the_browser_harness_notices_requests_and_console_errors(tmp_path: Path)
     load = load_page(control)
     assert "http://127.0.0.1:9/pixel.png" in load.network_requests(control.as_uri())
     assert any("boom" in e for e in load.console_errors)
+
+
+def test_a_run_without_dp_shows_its_baselines(run_dir: Path) -> None:
+    ledger = run_dir / "ledger.jsonl"
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    ledger.write_text("".join(json.dumps({**r, "privacy": None}) + "\n" for r in rows))
+    report = build_report(run_dir)
+    assert "baselines" in report["plots"] and "epsilon" not in report["plots"]

@@ -139,6 +139,10 @@ def test_model_card_metadata_parses_and_holds_the_ledger_totals(run_dir: Path) -
     assert card.data.co2_eq_emissions["emissions"] == pytest.approx(total_g, rel=1e-12)
     assert card.data.eval_results[0].metric_value == pytest.approx(0.8)
     assert "ε = 4.5, δ = 1e-05" in card.text
+    # What the guarantee covers, what it does not, and no train-loss column under DP.
+    assert "any sequence of adapter updates the sites released" in card.text
+    assert "Not covered by this guarantee" in card.text and "(suppressed)" in card.text
+    assert "train loss" not in card.text
     assert "3 sites" in card.text and "Rounds: 3" in card.text and "fedavg" in card.text
     assert "TDP estimate (estimate)" in card.text and "constant (10.0 W) (estimate)" in card.text
     assert "world average" in card.text  # the coordinator's fallback is flagged
@@ -172,6 +176,7 @@ def test_run_without_privacy_says_so_and_draws_no_epsilon(tmp_path: Path) -> Non
     assert "epsilon" not in report["plots"]
     text = (run_dir / "adapter" / "README.md").read_text()
     assert "without differential privacy" in text
+    assert "| train loss |" in text and "Not covered by this guarantee" not in text
     assert "differential-privacy" not in _front_matter(text)["tags"]
 
 

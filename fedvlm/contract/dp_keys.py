@@ -14,7 +14,6 @@ NOISE_MULTIPLIER = "dp-noise-multiplier"
 SAMPLE_RATE = "dp-sample-rate"
 STEPS = "dp-steps"  # steps accounted over the whole run so far
 PROJECTED_EPSILON = "dp-projected-epsilon"  # ε after every planned round
-EMPTY_BATCHES = "dp-empty-batches"
 HISTORY_NOISE = "dp-history-noise"  # the accountant's history, one entry per (z, q) run
 HISTORY_RATE = "dp-history-rate"
 HISTORY_STEPS = "dp-history-steps"

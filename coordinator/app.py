@@ -142,6 +142,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     global_adapter: Adapter = initial_adapter(run.base_model, run.lora)
     set_adapter_state(model, global_adapter)
+    warning = guard.snr_warning(global_adapter)
+    if warning:
+        print(f"fedvlm: warning: {warning}", flush=True)
     meter = EnergyMeter(EnergySettings.from_config(context.run_config, prefix="coordinator-"))
     kwh_per_gb = network_kwh_per_gb(context.run_config)
 

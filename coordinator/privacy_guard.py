@@ -1,6 +1,7 @@
 """The coordinator's differential-privacy duties in each round, in one place.
 
-- At start-up: refuse combinations that would silently weaken the guarantee (a strategy that
+- At start-up: warn when DP-SGD's expected signal-to-noise makes learning unlikely
+  (`privacy.signal`); refuse combinations that would silently weaken the guarantee (a strategy that
   needs individual updates under client-level DP; FedProx's proximal term, which per-example
   clipping would not bound, under sample-level DP).
 - Before a round: hand each site the account the coordinator recorded for it (sample level),
@@ -21,13 +22,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedvlm import contract
+from fedvlm.adapter import Adapter
 from fedvlm.config import RunSettings
 from fedvlm.contract import dp_keys
 from fedvlm.errors import ConfigError
-from privacy.accounting import BudgetExhaustedError
+from fedvlm.lora_factors import exchanged_keys
+from privacy.accounting import BudgetExhaustedError, calibrate_noise
 from privacy.client_level import ClientLevelDP
+from privacy.dp_sgd import poisson_sample_rate
 from privacy.sample_ledger import Refusal, SampleLevelLedger
 from privacy.settings import PrivacySettings
+from privacy.signal import low_snr_warning
 from strategies import AdapterStrategy, require_linear
 from strategies.validation import validate_replies
 
@@ -91,6 +96,34 @@ class PrivacyGuard:
         return ConfigRecord(
             {**base, **self.sample.known_config(), dp_keys.FEDERATION: self.federation}
         )
+
+    def snr_warning(self, adapter: Adapter) -> str | None:
+        """Sample level: the start-up warning of `privacy.signal` when DP-SGD at these
+        settings is unlikely to learn, or None.
+
+        Trained parameters are the adapter's (its B factors only under FFA-LoRA); the noise
+        multiplier is the fixed one, or the one a site of ``sim-examples-per-site`` examples
+        would calibrate (synthetic simulation); with neither known, no warning.
+        """
+        if self.sample is None:
+            return None
+        settings, run = self.sample.settings, self.run
+        ffa = run.strategy.strip().lower() == "ffa-lora"
+        names = exchanged_keys(adapter) if ffa else list(adapter)
+        trained = sum(adapter[name].numel() for name in names)
+        noise = settings.noise_multiplier
+        if noise is None:
+            if not run.simulation.synthetic:
+                return None
+            noise = calibrate_noise(
+                "dp-target-epsilon",
+                target_epsilon=settings.target_epsilon,
+                delta=settings.delta,
+                sample_rate=poisson_sample_rate(run.simulation.examples_per_site, run.batch_size),
+                steps=run.num_rounds * run.local_steps,
+                accountant=settings.accountant,
+            )
+        return low_snr_warning(run.batch_size, noise, trained)
 
     def before_round(self, grid: Grid) -> None:
         """Check, before any site trains, that this round can fit the budget.

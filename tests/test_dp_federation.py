@@ -11,12 +11,19 @@ from test_dp_client_level import gaussian_rounds_epsilon
 
 from client import app as client_app
 from coordinator.ledger import read_ledger
+from coordinator.privacy_guard import PrivacyGuard
+from fedvlm.config import RunSettings
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import ConfigError
+from fedvlm.vlm import initial_adapter
 from privacy.accounting import PrivacyHistory
 from privacy.dp_sgd import poisson_sample_rate
+from privacy.settings import PrivacySettings
+from privacy.signal import MIN_SNR
 from simulations.in_process import InProcessGrid, run_coordinator
+from simulations.scenario import Scenario
+from strategies import FedAvg
 
 NODES = [11, 22]
 SITES = [{}] * len(NODES)
@@ -329,3 +336,20 @@ def test_steps_released_before_a_coordinator_crash_stay_accounted_after_resume(t
     for site in ledger[3]["privacy"]["sites"].values():
         assert site["steps"] == 8
         assert site["epsilon"] == pytest.approx(independent, rel=0.01)
+
+
+def test_a_configuration_that_cannot_learn_under_dp_is_warned_with_its_figure():
+    """The shipped defaults (batch 8, rank 8 with projector, 96 examples per site) against
+    the DP scenario's settings: only the first is warned, with the bound's figure."""
+
+    def warning(config: dict) -> str | None:
+        config = {**config, "dp-mode": "sample", "dp-target-epsilon": 8.0}
+        run = RunSettings.from_config(config)
+        guard = PrivacyGuard(PrivacySettings.from_config(config), run, FedAvg())
+        return guard.snr_warning(initial_adapter(run.base_model, run.lora))
+
+    shipped = warning({})
+    assert shipped is not None and "signal-to-noise is at most 0.0" in shipped
+    figure = float(shipped.split("at most ")[1].split(" ")[0])
+    assert 0 < figure < MIN_SNR
+    assert warning(Scenario.load("dp").run_config) is None

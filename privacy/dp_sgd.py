@@ -22,6 +22,7 @@ stream is left untouched. ``rng_seed`` fixes them for tests and benchmarks only.
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -124,7 +125,10 @@ def make_private(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     index_loader = DataLoader(TensorDataset(torch.arange(num_examples)), batch_size=batch_size)
-    engine = PrivacyEngine(accountant="prv")
+    with warnings.catch_warnings():
+        # Opacus warns that its secure RNG is off: fedvlm replaces its noise with a CSPRNG.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="prv")
     model.train()  # Opacus validates that the model is in training mode
     hooks, optimizer, _ = engine.make_private(
         module=model,

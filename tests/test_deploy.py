@@ -240,3 +240,29 @@ def test_a_site_dying_mid_round_is_recorded_and_the_round_completes(
     assert list(rows[1]["site_eval"]["sites"]) == [str(n) for n in rows[1]["sites"]]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert survivor.poll() is None
+
+
+def test_deployed_dp_sites_keep_their_accounts_in_their_own_state_dir(
+    processes, federation_files, tmp_path, site_state_dir
+):
+    """Minimum settings: each real node writes its sample-level account to its node-local
+    file (privacy/account_store.py), outside Flower's per-run state, with every step the
+    coordinator's ledger accounted for it."""
+    creds, folders = federation_files
+    port, run = free_port(), tmp_path / "runs" / "dp"
+    dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 50.0}
+    args = coordinator_args(
+        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": "dp", **dp}
+    )
+    coordinator, log = processes.start("coordinator", args)
+    wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
+    start_nodes(processes, creds, folders, port)
+    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    sites = read_ledger(run)[-1]["privacy"]["sites"]
+    federation = json.loads((run / "run.json").read_text())["federation_id"]
+    assert len(sites) == 2
+    for site, account in sites.items():
+        stored = json.loads(
+            (site_state_dir / "privacy" / f"{federation}.site-{site}.json").read_text()
+        )
+        assert sum(stored["steps"]) == account["steps"] == 2

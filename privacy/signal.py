@@ -40,6 +40,6 @@ def low_snr_warning(
         f"DP-SGD is unlikely to learn: a step's signal-to-noise is at most {snr:.3g} (expected "
         f"batch {expected_batch:g} / (noise multiplier {noise_multiplier:.3g} x sqrt of "
         f"{trained_params} trained parameters)), below {MIN_SNR:g}. Raise batch-size and the "
-        "examples per site, or train fewer parameters (strategy = \"ffa-lora\", a small "
+        'examples per site, or train fewer parameters (strategy = "ffa-lora", a small '
         "lora-rank, train-projector = false); see simulations/scenarios/dp.toml"
     )

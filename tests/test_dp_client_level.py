@@ -1,10 +1,8 @@
 """Client-level DP at the coordinator: unit weights, clip enforced, calibrated noise."""
 
-import dp_accounting
 import numpy as np
 import pytest
 import torch
-from dp_accounting import pld
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from coordinator.privacy_guard import PrivacyGuard
@@ -14,6 +12,7 @@ from fedvlm.config import RunSettings
 from privacy.client_level import ClientLevelDP, clip_update
 from privacy.settings import PrivacySettings
 from strategies import FedAvg
+from tests.dp_helpers import gaussian_rounds_epsilon
 
 CONFIG = {
     "dp-mode": "client",
@@ -92,12 +91,6 @@ def test_client_level_noise_has_the_calibrated_std_on_the_mean():
     assert float(np.std(samples)) == pytest.approx(expected, rel=0.05)
     assert abs(float(np.mean(samples))) < 0.01 * expected  # centred
     assert dp.history.steps == 5
-
-
-def gaussian_rounds_epsilon(noise: float, rounds: int, delta: float) -> float:
-    """ε of ``rounds`` Gaussian releases without sampling, by Google's PLD accountant."""
-    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise), rounds)
-    return pld.PLDAccountant().compose(event).get_epsilon(delta)
 
 
 def test_calibrated_client_noise_spends_the_budget_over_the_planned_rounds():

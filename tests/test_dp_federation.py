@@ -4,10 +4,7 @@ which passes messages through Flower's protobuf serialisation and keeps each nod
 `context.state` between messages, as a deployment does.
 """
 
-import dp_accounting
 import pytest
-from dp_accounting import pld
-from test_dp_client_level import gaussian_rounds_epsilon
 
 from client import app as client_app
 from coordinator.ledger import read_ledger
@@ -24,6 +21,7 @@ from privacy.signal import MIN_SNR
 from simulations.in_process import InProcessGrid, run_coordinator
 from simulations.scenario import Scenario
 from strategies import FedAvg
+from tests.dp_helpers import gaussian_rounds_epsilon, poisson_gaussian_epsilon
 
 NODES = [11, 22]
 SITES = [{}] * len(NODES)
@@ -329,10 +327,7 @@ def test_steps_released_before_a_coordinator_crash_stay_accounted_after_resume(t
 
     assert [row["round"] for row in ledger] == [0, 1, 2, 3]
     rate = poisson_sample_rate(12, 4)
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(1.0)), 8
-    )
-    independent = pld.PLDAccountant().compose(event).get_epsilon(1e-5)
+    independent = poisson_gaussian_epsilon(1.0, rate, 8, 1e-5)
     for site in ledger[3]["privacy"]["sites"].values():
         assert site["steps"] == 8
         assert site["epsilon"] == pytest.approx(independent, rel=0.01)

@@ -104,7 +104,7 @@ def test_a_run_without_its_final_adapter_is_refused(run_dir):
 def test_a_dp_run_gets_no_non_private_baselines(run_dir):
     """They would train on the sites' data without DP and sit beside the DP figures.
     Mutation: drop the is_private check in compute_baselines -> fails."""
-    path, _, _ = run_dir
+    path, _ = run_dir
     config = {**RUN_CONFIG, "dp-mode": "sample", "dp-target-epsilon": 8.0}
     (path / "run.json").write_text(json.dumps({"run_id": "run", "run_config": config}))
     with pytest.raises(ConfigError) as err:

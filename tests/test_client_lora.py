@@ -156,7 +156,13 @@ def test_sites_of_rank_4_and_8_train_and_aggregate_into_a_global_of_the_run_rank
     messages = strategy.configure_train(1, adapter_to_arrayrecord(global_adapter), config, grid)
     replies = [
         _deliver(
-            m, _context(m.metadata.dst_node_id, i, **{"lora-rank": ranks[m.metadata.dst_node_id]})
+            m,
+            _context(
+                m.metadata.dst_node_id,
+                i,
+                {**RUN_CONFIG, "strategy": name},
+                **{"lora-rank": ranks[m.metadata.dst_node_id]},
+            ),
         )
         for i, m in enumerate(sorted(messages, key=lambda m: m.metadata.dst_node_id))
     ]
@@ -207,7 +213,8 @@ def test_sites_of_rank_4_and_8_train_and_aggregate_into_a_global_of_the_run_rank
     coordinator, _ = cached_peft_model(RUN.base_model, RUN.lora)
     set_adapter_state(coordinator, arrayrecord_to_adapter(new_global))
     client_app.train_update(
-        _train_message(arrayrecord_to_adapter(new_global), 21), _context(21, 0, **{"lora-rank": 4})
+        _train_message(arrayrecord_to_adapter(new_global), 21),
+        _context(21, 0, {**RUN_CONFIG, "strategy": name}, **{"lora-rank": 4}),
     )
 
 
@@ -216,6 +223,7 @@ def test_a_smaller_site_pads_its_update_when_the_coordinator_only_sums(
 ):
     client_dp = {
         **RUN_CONFIG,
+        "strategy": "hetlora",  # a smaller site rank needs a rank-aware strategy
         "dp-mode": "client",
         "dp-client-target-epsilon": 8.0,
         "dp-client-clip": 0.5,

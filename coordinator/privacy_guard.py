@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedvlm import contract
 from fedvlm.adapter import Adapter
 from fedvlm.config import RunSettings
 from fedvlm.contract import dp_keys
@@ -34,7 +33,6 @@ from privacy.sample_ledger import Refusal, SampleLevelLedger
 from privacy.settings import PrivacySettings
 from privacy.signal import low_snr_warning
 from strategies import AdapterStrategy, require_linear
-from strategies.validation import validate_replies
 
 # Float32 rounding of a clipped update's norm, relative to the clip.
 _CLIP_SLACK = 1e-5
@@ -203,25 +201,9 @@ class PrivacyGuard:
     def _aggregate_client_level(
         self, server_round: int, replies: Sequence[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        strategy = self.strategy
         bound = self.settings.client.clip * (1 + _CLIP_SLACK)
-        accepted, rejections = validate_replies(replies, strategy.update_spec(), bound)
-        strategy.last_rejections = rejections
-        strategy.rejection_counts.update(r.node_id for r in rejections)
-        if not accepted:
-            return None, None
-        update_sum: dict[str, np.ndarray] = {}
-        for item in accepted:  # weight 1 each: the sensitivity of the sum is exactly C
-            for name, tensor in item.update.items():
-                term = tensor.astype(np.float64)
-                update_sum[name] = update_sum[name] + term if name in update_sum else term
-        noisy = self.add_noise(update_sum, len(accepted))
-        new_global = strategy.apply_update_sum(server_round, noisy, float(len(accepted)))
-        metrics = strategy.train_metrics_aggr_fn(
-            [RecordDict({contract.METRICS: a.metrics}) for a in accepted],
-            strategy.weighted_by_key,
-        )
-        return new_global, metrics
+        accepted = self.strategy.accept_replies(replies, max_norm=bound)
+        return self.strategy.aggregate_sum(server_round, accepted, self.add_noise)
 
     def ledger_block(self) -> dict[str, Any] | None:
         """The round's "privacy" block (None without DP)."""

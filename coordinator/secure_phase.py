@@ -143,10 +143,7 @@ def secure_train_phase(
 
     survivors = set(result.survivors)
     summed = [m for m in masked_replies if m.metadata.src_node_id in survivors]
-    metrics = strategy.train_metrics_aggr_fn(
-        [RecordDict({contract.METRICS: m.content[contract.METRICS]}) for m in summed],
-        strategy.weighted_by_key,
-    )
+    metrics = strategy.aggregate_metrics(m.content[contract.METRICS] for m in summed)
     aggregation = readings[0]
     for reading in readings[1:]:
         aggregation = add_readings(aggregation, reading)

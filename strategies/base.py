@@ -18,7 +18,7 @@ Sampling, message construction and metric aggregation are Flower's FedAvg, uncha
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
@@ -47,21 +47,28 @@ _GLOBAL = "global/"
 _REJECTIONS = "rejections/"
 
 
-def weighted_mean(
+def weighted_sum(
     updates: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
 ) -> dict[str, np.ndarray]:
-    """Return ``sum_i w_i u_i / sum_i w_i`` per tensor, accumulated in float64.
+    """Return ``sum_i w_i u_i`` per tensor, accumulated in float64.
 
-    Float64 accumulation keeps the mean independent of reply order to well below
+    Float64 accumulation keeps the result independent of reply order to well below
     float32 resolution, so a resumed or re-ordered round gives the same adapter.
     """
-    total = float(sum(weights))
-    mean: dict[str, np.ndarray] = {}
+    total: dict[str, np.ndarray] = {}
     for update, weight in zip(updates, weights, strict=True):
         for name, tensor in update.items():
             term = tensor.astype(np.float64) * weight
-            mean[name] = mean[name] + term if name in mean else term
-    return {name: summed / total for name, summed in mean.items()}
+            total[name] = total[name] + term if name in total else term
+    return total
+
+
+def weighted_mean(
+    updates: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Return ``sum_i w_i u_i / sum_i w_i`` per tensor (`weighted_sum`, then one division)."""
+    total = float(sum(weights))
+    return {name: summed / total for name, summed in weighted_sum(updates, weights).items()}
 
 
 class AdapterStrategy(FedAvg, ABC):
@@ -185,19 +192,49 @@ class AdapterStrategy(FedAvg, ABC):
         Returns ``(None, None)`` when no reply is accepted; `last_rejections` then says
         why. The returned ArrayRecord is the next *global adapter*, not an update.
         """
-        accepted, self.last_rejections = validate_replies(
-            replies, self.update_spec(), self.max_update_norm
-        )
-        self.rejection_counts.update(r.node_id for r in self.last_rejections)
+        accepted = self.accept_replies(replies)
         if not accepted:
             return None, None
         if self.clip_update_norm is not None:
             accepted = [clip_update(a, self.clip_update_norm) for a in accepted]
         new_global = self._keep(server_round, self.next_global(server_round, accepted))
-        metrics = self.train_metrics_aggr_fn(
-            [_metrics_only(a.metrics) for a in accepted], self.weighted_by_key
-        )
-        return new_global, metrics
+        return new_global, self.aggregate_metrics(a.metrics for a in accepted)
+
+    def accept_replies(
+        self, replies: Iterable[Message], max_norm: float | None = None
+    ) -> list[AcceptedUpdate]:
+        """Validate replies against this strategy's update spec and keep the rejections.
+
+        The strategy owns its record of rejections (`last_rejections`, `rejection_counts`)
+        on every path: its own `aggregate_train`, and the client-level DP path, which bounds
+        the norm by the DP clip (`max_norm`) instead of ``max_update_norm``.
+        """
+        bound = self.max_update_norm if max_norm is None else max_norm
+        accepted, self.last_rejections = validate_replies(replies, self.update_spec(), bound)
+        self.rejection_counts.update(r.node_id for r in self.last_rejections)
+        return accepted
+
+    def aggregate_metrics(self, metrics: Iterable[MetricRecord]) -> MetricRecord | None:
+        """The round's train metrics over the replies whose updates went into the new global."""
+        return self.train_metrics_aggr_fn([_metrics_only(m) for m in metrics], self.weighted_by_key)
+
+    def aggregate_sum(
+        self,
+        server_round: int,
+        accepted: Sequence[AcceptedUpdate],
+        add_noise: Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Client-level DP: sum the updates at weight 1, let `add_noise` noise it, apply it.
+
+        Weight 1 each makes the sensitivity of the sum exactly the clip bound the updates
+        were checked against; the strategy then applies ``noisy sum / m`` like any sum.
+        """
+        if not accepted:
+            return None, None
+        update_sum = weighted_sum([a.update for a in accepted], [1.0] * len(accepted))
+        noisy = add_noise(update_sum, len(accepted))
+        new_global = self.apply_update_sum(server_round, noisy, float(len(accepted)))
+        return new_global, self.aggregate_metrics(a.metrics for a in accepted)
 
     def apply_update_sum(
         self, server_round: int, update_sum: dict[str, np.ndarray], total_weight: float

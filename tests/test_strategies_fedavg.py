@@ -94,6 +94,34 @@ def test_apply_update_sum_matches_aggregate_train():
         np.testing.assert_allclose(via_sum[name], via_replies[name], rtol=0, atol=1e-6)
 
 
+def test_the_strategy_owns_its_rejections_and_the_client_level_sum():
+    """The client-level DP path validates through `accept_replies` with its own norm bound and
+    sums through `aggregate_sum`: the strategy records the rejection, nobody writes its
+    attributes from outside, and the sum is the unit-weight sum handed to the noise."""
+    global_arrays, updates = adapter(seed=1), _updates()
+    strategy = FedAvg(min_available_nodes=3)
+    sent = send(strategy, global_arrays)
+    huge = {name: tensor * 1e4 for name, tensor in updates[2].items()}
+    replies = [reply(sent[0], updates[0]), reply(sent[1], updates[1]), reply(sent[2], huge)]
+    accepted = strategy.accept_replies(replies, max_norm=1.0)
+    assert [a.node_id for a in accepted] == [11, 12]
+    assert [r.node_id for r in strategy.last_rejections] == [13]
+    assert strategy.rejection_counts[13] == 1
+
+    seen = {}
+
+    def no_noise(update_sum, num_sites):
+        seen.update(update_sum=update_sum, num_sites=num_sites)
+        return update_sum
+
+    new_global, metrics = strategy.aggregate_sum(1, accepted, no_noise)
+    assert seen["num_sites"] == 2 and metrics is not None
+    expected = _expected(global_arrays, updates[:2], [1, 1])
+    for name, value in to_numpy(new_global).items():
+        np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)
+    assert strategy.aggregate_sum(2, [], no_noise) == (None, None)
+
+
 def test_apply_update_sum_rejects_a_sum_that_does_not_fit():
     global_arrays = adapter(seed=1)
     strategy = FedAvg(min_available_nodes=3)

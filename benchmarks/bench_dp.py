@@ -17,11 +17,13 @@ Two tables:
    code path, minutes less).
 
 Usage: ``python benchmarks/bench_dp.py [--rounds 4] [--sites 4] [--skip-accuracy]
-[--set batch-size=32 dp-max-grad-norm=0.3 ...]`` (default run: about 5-6 minutes on 2 CPU
-cores). ``--set`` applies run-config keys to every accuracy run alike.
+[--set batch-size=32 dp-max-grad-norm=0.3 ...] [--json PATH]`` (default run: about 5-6
+minutes on 2 CPU cores). ``--set`` applies run-config keys to every accuracy run alike;
+``--json`` writes the step times (table 1) for run_all.py.
 """
 
 import argparse
+import json
 import logging
 import statistics
 import tempfile
@@ -109,8 +111,14 @@ def _time_steps(model, batch, mode: str | None, steps: int) -> list[float]:
     return times
 
 
-def step_time_table(run: RunSettings, batch_size: int, repeats: int, steps: int) -> None:
-    """Table 1: DP / non-DP step time per Opacus mode, interleaved blocks, medians."""
+def step_time_table(
+    run: RunSettings, batch_size: int, repeats: int, steps: int
+) -> dict[str, float | str]:
+    """Table 1: DP / non-DP step time per Opacus mode, interleaved blocks, medians.
+
+    Returns the median seconds per step by mode ("non-DP" for the plain step; a mode
+    Opacus cannot run maps to its error), which ``--json`` writes for run_all.py.
+    """
     model, processor = load_peft_model(run.base_model, run.lora)
     site = load_site(NodeSettings(partition_id=0, num_partitions=1), run.simulation, run.seed)
     batch = encode(processor, site.train[:batch_size])
@@ -131,12 +139,16 @@ def step_time_table(run: RunSettings, batch_size: int, repeats: int, steps: int)
     print(f"| {'mode':<12} | {'s/step':>7} | {'vs non-DP':>9} |")
     print(f"|{'-' * 14}|{'-' * 9}|{'-' * 11}|")
     print(f"| {'non-DP':<12} | {plain:7.3f} | {1.0:8.2f}x |")
+    figures: dict[str, float | str] = {"non-DP": plain}
     for mode in MODES:
         if mode in errors:
             print(f"| {mode:<12} | {'fails':>7} | {errors[mode]} |")
+            figures[mode] = errors[mode]
         else:
             median = statistics.median(samples[mode])
             print(f"| {mode:<12} | {median:7.3f} | {median / plain:8.2f}x |")
+            figures[mode] = median
+    return figures
 
 
 def accuracy_table(
@@ -210,6 +222,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument(
+        "--json", type=Path, help="also write the step-time figures here (run_all.py)"
+    )
+    parser.add_argument(
         "--set",
         nargs="*",
         default=[],
@@ -222,7 +237,9 @@ def main() -> None:
     )
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    step_time_table(RunSettings(), args.batch_size, args.repeats, args.steps)
+    step_seconds = step_time_table(RunSettings(), args.batch_size, args.repeats, args.steps)
+    if args.json:
+        args.json.write_text(json.dumps({"step_seconds": step_seconds}, indent=2) + "\n")
     if not args.skip_accuracy:
         accuracy_table(args.rounds, args.sites, args.epsilons, overrides)
 

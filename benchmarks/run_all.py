@@ -4,8 +4,8 @@ Each figure is measured in this run, side by side with its reference (ratios, ne
 absolute claims carried over from another machine), and printed with how it was measured.
 Benchmarks that expose functions are imported (bench_overhead, bench_scale, bench_utility,
 bench_secagg, fedvlm.presets); the others run as subprocesses with ``--json PATH`` and their
-figures are read from that file (bench_energy; bench_dp's hooks row is still read from its
-table). Flower's and Ray's output goes to a log file.
+figures are read from that file (bench_energy, bench_dp); no printed table is scraped.
+Flower's and Ray's output goes to a log file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --quick            # <= 15 min, 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --save benchmarks/RESULTS.md
@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -225,18 +224,15 @@ def secure_aggregation(sizes: Sizes, log: Path) -> list[Figure]:
 
 def dp_step(sizes: Sizes, log: Path) -> list[Figure]:
     """Figure 4: DP-SGD step time / plain step time (bench_dp, Opacus hooks mode)."""
-    out = script_output("bench_dp.py", ("--skip-accuracy", *sizes.dp_args))
-    with open(log, "a") as sink:
-        sink.write(out)
-    ratio = re.search(r"\|\s*hooks\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)x", out)
-    plain = re.search(r"\|\s*non-DP\s*\|\s*([\d.]+)", out)
-    if ratio is None or plain is None:
-        raise RuntimeError(f"bench_dp.py printed no hooks row:\n{out}")
+    seconds = script_json("bench_dp.py", ("--skip-accuracy", *sizes.dp_args), log)["step_seconds"]
+    hooks, plain = seconds["hooks"], seconds["non-DP"]
+    if isinstance(hooks, str):
+        raise RuntimeError(f"bench_dp.py: Opacus hooks mode failed: {hooks}")
     return [
         Figure(
             4,
             "DP-SGD step / plain step (Opacus hooks, the mode fedvlm uses)",
-            f"{float(ratio[2]):.2f}x ({float(ratio[1]):.3f} s / {float(plain[1]):.3f} s)",
+            f"{hooks / plain:.2f}x ({hooks:.3f} s / {plain:.3f} s)",
             f"bench_dp.py {' '.join(sizes.dp_args)}: embedded model, batch 8, interleaved "
             "blocks of DP and non-DP steps, medians",
         ),

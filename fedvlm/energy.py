@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,6 +30,13 @@ from enum import IntEnum
 from functools import cache
 from typing import Any
 
+from fedvlm.codecarbon_adapter import (
+    WORLD_AVERAGE_G_PER_KWH,
+    ComponentMethods,
+    Method,
+    country_intensities,
+    shared_tracker,
+)
 from fedvlm.contract.energy_keys import (
     METRIC_COUNTRY,
     METRIC_CPU_KWH,
@@ -47,10 +52,6 @@ from fedvlm.contract.energy_keys import (
 from fedvlm.errors import ConfigError, FedVLMError
 
 log = logging.getLogger(__name__)
-
-#: codecarbon's world average (its data file cites the IEA Global Energy & CO2 Status Report
-#: 2019); used only when a site gives neither a country nor an intensity, and flagged as such.
-WORLD_AVERAGE_G_PER_KWH = 475.0
 
 #: Electricity intensity of internet data transmission: 0.06 kWh/GB for 2015 from Aslan, Mayers,
 #: Koomey & France, "Electricity Intensity of Internet Data Transmission: Untangling the
@@ -69,37 +70,6 @@ PREFIX_COORDINATOR = "coordinator-"
 _SOURCE_EXPLICIT = "explicit"
 _SOURCE_FALLBACK = "world average (fallback)"
 _COUNTRY_PREFIX = "country "
-
-
-class Method(IntEnum):
-    """How one component's energy was obtained; estimates are kept apart from readings."""
-
-    NONE = 0
-    RAPL = 1
-    NVML = 2
-    TDP_ESTIMATE = 3
-    CONSTANT = 4
-    COUNTER = 5  # another hardware counter: Apple powermetrics, AMD SMI, Raspberry Pi PMIC
-
-    @property
-    def label(self) -> str:
-        """Human-readable name used in the ledger and the model card."""
-        return _METHOD_LABELS[self]
-
-    @property
-    def is_estimate(self) -> bool:
-        """True when the figure comes from a model of power, not from a meter."""
-        return self in (Method.TDP_ESTIMATE, Method.CONSTANT)
-
-
-_METHOD_LABELS = {
-    Method.NONE: "none",
-    Method.RAPL: "RAPL",
-    Method.NVML: "NVML",
-    Method.TDP_ESTIMATE: "TDP estimate",
-    Method.CONSTANT: "constant",
-    Method.COUNTER: "hardware counter",
-}
 
 
 class IntensitySource(IntEnum):
@@ -127,19 +97,6 @@ def decode_method_code(code: int) -> tuple[Method, Method, Method, IntensitySour
         Method(code // 100 % 10),
         IntensitySource(code // 1000),
     )
-
-
-@cache
-def _country_intensities() -> dict[str, float]:
-    """gCO2e/kWh per ISO 3166 alpha-3 code, exactly as codecarbon computes it offline."""
-    from codecarbon.core.emissions import Emissions
-    from codecarbon.input import DataSource
-
-    mixes = DataSource().get_global_energy_mix_data()
-    return {
-        iso: Emissions._global_energy_mix_to_emissions_rate(mix).kgs_per_kWh * 1000.0
-        for iso, mix in mixes.items()
-    }
 
 
 def _country_to_int(iso: str) -> int:
@@ -173,7 +130,7 @@ class EnergySettings:
 
     def __post_init__(self) -> None:
         if self.country_iso_code is not None and self.country_iso_code not in (
-            _country_intensities()
+            country_intensities()
         ):
             raise ConfigError(
                 KEY_COUNTRY,
@@ -222,7 +179,7 @@ class EnergySettings:
         if self.carbon_intensity_g_per_kwh is not None:
             return self.carbon_intensity_g_per_kwh, IntensitySource.EXPLICIT
         if self.country_iso_code is not None:
-            return _country_intensities()[self.country_iso_code], IntensitySource.COUNTRY
+            return country_intensities()[self.country_iso_code], IntensitySource.COUNTRY
         return WORLD_AVERAGE_G_PER_KWH, IntensitySource.FALLBACK
 
     @property
@@ -268,20 +225,13 @@ class EnergyReading:
         return None
 
 
-@dataclass(frozen=True)
-class _Methods:
-    cpu: Method
-    gpu: Method
-    ram: Method
-
-
 def _ram_label(method: Method, watts: float) -> str:
     return f"constant ({watts:.1f} W)" if method is Method.CONSTANT else method.label
 
 
 def _make_reading(
     settings: EnergySettings,
-    methods: _Methods,
+    methods: ComponentMethods,
     seconds: float,
     cpu_kwh: float,
     gpu_kwh: float,
@@ -315,8 +265,8 @@ def method_from_label(label: str) -> Method:
     """
     if label.startswith("constant"):
         return Method.CONSTANT
-    for method, text in _METHOD_LABELS.items():
-        if text == label:
+    for method in Method:
+        if method.label == label:
             return method
     raise ValueError(f"unknown energy method label {label!r}")
 
@@ -389,111 +339,6 @@ def metrics_to_reading(metrics: Mapping[str, float | int]) -> EnergyReading:
 # --- the process-wide tracker ---------------------------------------------------------------
 
 
-class _SharedTracker:
-    """One codecarbon tracker per process, created once and measured by task deltas.
-
-    Starting a tracker costs ~1.5 s (most of it `cpuinfo` detecting the CPU model); a task
-    start/stop pair on a live tracker costs a few milliseconds. Hardware detection runs in a
-    background thread as soon as the first meter exists, so it overlaps with model loading.
-    """
-
-    def __init__(self) -> None:
-        from codecarbon import OfflineEmissionsTracker
-
-        # Silence codecarbon before building the tracker: it logs at INFO while being built,
-        # before its own `log_level` applies (importing it resets the level from the
-        # environment, hence after the import). CODECARBON_LOG_LEVEL still wins if set.
-        level = os.environ.get("CODECARBON_LOG_LEVEL", "ERROR").upper()
-        logging.getLogger("codecarbon").setLevel(level)
-
-        self.tracker = OfflineEmissionsTracker(
-            tracking_mode="process",
-            output_methods=[],  # no emissions.csv, no API, no logger output
-            emissions_endpoint="",
-            electricitymaps_api_token="",
-            log_level=level.lower(),
-            measure_power_secs=3600,  # unused: task measurements never start the scheduler
-            allow_multiple_runs=True,
-            force_carbon_intensity_g_co2e_kwh=WORLD_AVERAGE_G_PER_KWH,  # we recompute carbon
-        )
-        self.busy = threading.Lock()
-        self._ready = threading.Thread(
-            target=self.tracker.get_detected_hardware, name="energy-warm-up", daemon=True
-        )
-        self._ready.start()
-        self._methods: _Methods | None = None
-
-    def methods(self) -> _Methods:
-        self._ready.join()
-        if self._methods is None:
-            self._methods = _detect_methods(self.tracker)
-        return self._methods
-
-    def start(self, name: str) -> None:
-        self._ready.join()
-        self.tracker.start_task(name)
-
-    def stop(self) -> Any:
-        return self.tracker.stop_task()
-
-
-def _detect_methods(tracker: Any) -> _Methods:
-    """Name the method codecarbon chose for each component.
-
-    codecarbon exposes no public accessor for this, so it reads the tracker's hardware list;
-    an unknown device type maps to `Method.COUNTER` rather than being hidden.
-    """
-    from codecarbon.core.gpu import is_nvidia_system
-    from codecarbon.external.hardware import CPU, GPU, MODE_CPU_LOAD
-    from codecarbon.external.ram import RAM
-
-    cpu = gpu = ram = Method.NONE
-    for device in tracker._hardware:
-        if isinstance(device, RAM):
-            ram = Method.CONSTANT
-        elif isinstance(device, GPU):
-            gpu = Method.NVML if is_nvidia_system() else Method.COUNTER
-        elif isinstance(device, CPU):
-            cpu = {
-                MODE_CPU_LOAD: Method.TDP_ESTIMATE,
-                "constant": Method.CONSTANT,
-                "intel_rapl": Method.RAPL,
-                "windows_emi": Method.RAPL,
-                "intel_power_gadget": Method.RAPL,
-            }.get(device._mode, Method.COUNTER)
-        elif getattr(device, "chip_part", "") == "RAM":
-            ram = Method.COUNTER
-        else:  # Apple silicon or Raspberry Pi chips
-            if getattr(device, "chip_part", "") == "GPU":
-                gpu = Method.COUNTER
-            else:
-                cpu = Method.COUNTER
-    return _Methods(cpu=cpu, gpu=gpu, ram=ram)
-
-
-def describe_hardware() -> str:
-    """This process's hardware as codecarbon detected it, e.g. "AMD EPYC (2 threads), no GPU".
-
-    For `run.json` (the model card's `hardware_used`); sites keep theirs to themselves.
-    """
-    info = _shared_tracker().tracker.get_detected_hardware()
-    cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({info.get('cpu_count')} threads)"
-    gpu = info.get("gpu_model") or "no GPU"
-    return f"{cpu}, {gpu}, {info.get('ram_total_size', 0):.0f} GB RAM"
-
-
-_shared: _SharedTracker | None = None
-_shared_lock = threading.Lock()
-
-
-def _shared_tracker() -> _SharedTracker:
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = _SharedTracker()
-        return _shared
-
-
 class Measurement:
     """Handle yielded by `EnergyMeter.measure`; `reading` is set when the block exits."""
 
@@ -522,7 +367,7 @@ class EnergyMeter:
 
     def __init__(self, settings: EnergySettings | None = None) -> None:
         self.settings = settings or EnergySettings()
-        self._tracker = _shared_tracker() if self.settings.enabled else None
+        self._tracker = shared_tracker() if self.settings.enabled else None
         if self.settings.enabled and self.settings.intensity[1] is IntensitySource.FALLBACK:
             _warn_fallback_once()
 
@@ -545,7 +390,7 @@ class EnergyMeter:
                 yield handle
             finally:
                 seconds = time.perf_counter() - start
-                none = _Methods(Method.NONE, Method.NONE, Method.NONE)
+                none = ComponentMethods(Method.NONE, Method.NONE, Method.NONE)
                 handle.reading = _make_reading(self.settings, none, seconds, 0.0, 0.0, 0.0, 0.0)
             return
         shared = self._tracker

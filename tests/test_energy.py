@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedvlm.codecarbon_adapter import (
+    PRIVATE_ATTRIBUTES,
+    check_codecarbon_version,
+    shared_tracker,
+)
 from fedvlm.energy import (
     DEFAULT_NETWORK_KWH_PER_GB,
     EnergyMeter,
@@ -238,3 +243,33 @@ def test_a_fresh_process_measures_silently_and_writes_nothing(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_codecarbon_adapter_refuses_an_unchecked_version() -> None:
+    """A codecarbon outside the checked range is refused before its private attributes are read.
+
+    Mutation: widening `CHECKED_VERSIONS` to accept 3.4 makes the first assertion fail.
+    """
+    with pytest.raises(FedVLMError, match="3.4.0"):
+        check_codecarbon_version("3.4.0")
+    with pytest.raises(FedVLMError):
+        check_codecarbon_version("3.3.1")
+    check_codecarbon_version("3.3.2")
+    check_codecarbon_version()  # the installed one: pyproject's pin matches CHECKED_VERSIONS
+
+
+def test_the_private_attributes_the_adapter_names_exist_in_installed_codecarbon() -> None:
+    """Every private attribute in PRIVATE_ATTRIBUTES is where the adapter reads it."""
+    from codecarbon.core.emissions import Emissions
+    from codecarbon.external.hardware import CPU
+
+    tracker = shared_tracker()
+    owners = {"BaseEmissionsTracker": tracker.tracker, "Emissions": Emissions}
+    cpus = [device for device in tracker.tracker._hardware if isinstance(device, CPU)]
+    if cpus:
+        owners["CPU"] = cpus[0]
+    assert set(PRIVATE_ATTRIBUTES) >= set(owners)
+    for owner, names in PRIVATE_ATTRIBUTES.items():
+        if owner in owners:
+            for name in names:
+                assert hasattr(owners[owner], name), f"{owner}.{name}"

@@ -1,0 +1,237 @@
+"""codecarbon behind one small interface: the only module of ours that touches codecarbon.
+
+codecarbon has no public accessor for three things fedvlm needs, so this adapter reads its
+private attributes, named in `PRIVATE_ATTRIBUTES` and checked against the codecarbon versions
+in `CHECKED_VERSIONS` (the pin in pyproject.toml matches): a newer codecarbon is refused by
+`check_codecarbon_version` with what to do, instead of measuring silently wrong.
+
+What it offers the rest of fedvlm: one tracker per process measured by task deltas
+(`shared_tracker`), which method measured each component (`Method`, `ComponentMethods`), the
+country intensities codecarbon computes offline (`country_intensities`), and the hardware it
+detected (`describe_hardware`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cache
+from importlib.metadata import version
+from typing import Any
+
+from fedvlm.errors import FedVLMError
+
+#: The codecarbon private attributes this module reads, by owner (checked in 3.3.2).
+PRIVATE_ATTRIBUTES = {
+    "BaseEmissionsTracker": ("_hardware",),
+    "CPU": ("_mode",),
+    "Emissions": ("_global_energy_mix_to_emissions_rate",),
+}
+
+#: codecarbon releases whose private attributes above were read and found as used here:
+#: [lowest, first unchecked). pyproject.toml pins the same range.
+CHECKED_VERSIONS = ((3, 3, 2), (3, 4))
+
+#: codecarbon's world average (its data file cites the IEA Global Energy & CO2 Status Report
+#: 2019); used only when a site gives neither a country nor an intensity, and flagged as such.
+WORLD_AVERAGE_G_PER_KWH = 475.0
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """Numeric release of a version string ("3.3.2" -> (3, 3, 2); suffixes dropped)."""
+    parts = []
+    for part in text.split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_codecarbon_version(installed: str | None = None) -> None:
+    """Refuse a codecarbon outside `CHECKED_VERSIONS` (its private attributes may differ).
+
+    Raises
+    ------
+    FedVLMError
+        Naming the installed and the checked versions.
+    """
+    installed = installed or version("codecarbon")
+    low, high = CHECKED_VERSIONS
+    if not low <= _release(installed) < high:
+        raise FedVLMError(
+            f"codecarbon {installed} is not a version fedvlm was checked with "
+            f"(>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}): fedvlm reads its "
+            f"private attributes {PRIVATE_ATTRIBUTES}; install a checked version "
+            "(pip install -e .) or re-check those attributes and widen CHECKED_VERSIONS"
+        )
+
+
+class Method(IntEnum):
+    """How one component's energy was obtained; estimates are kept apart from readings."""
+
+    NONE = 0
+    RAPL = 1
+    NVML = 2
+    TDP_ESTIMATE = 3
+    CONSTANT = 4
+    COUNTER = 5  # another hardware counter: Apple powermetrics, AMD SMI, Raspberry Pi PMIC
+
+    @property
+    def label(self) -> str:
+        """Human-readable name used in the ledger and the model card."""
+        return _METHOD_LABELS[self]
+
+    @property
+    def is_estimate(self) -> bool:
+        """True when the figure comes from a model of power, not from a meter."""
+        return self in (Method.TDP_ESTIMATE, Method.CONSTANT)
+
+
+_METHOD_LABELS = {
+    Method.NONE: "none",
+    Method.RAPL: "RAPL",
+    Method.NVML: "NVML",
+    Method.TDP_ESTIMATE: "TDP estimate",
+    Method.CONSTANT: "constant",
+    Method.COUNTER: "hardware counter",
+}
+
+
+@dataclass(frozen=True)
+class ComponentMethods:
+    """The method codecarbon used for each component of one measurement."""
+
+    cpu: Method
+    gpu: Method
+    ram: Method
+
+
+@cache
+def country_intensities() -> dict[str, float]:
+    """gCO2e/kWh per ISO 3166 alpha-3 code, exactly as codecarbon computes it offline."""
+    from codecarbon.core.emissions import Emissions
+    from codecarbon.input import DataSource
+
+    check_codecarbon_version()
+
+    mixes = DataSource().get_global_energy_mix_data()
+    return {
+        iso: Emissions._global_energy_mix_to_emissions_rate(mix).kgs_per_kWh * 1000.0
+        for iso, mix in mixes.items()
+    }
+
+
+class SharedTracker:
+    """One codecarbon tracker per process, created once and measured by task deltas.
+
+    Starting a tracker costs ~1.5 s (most of it `cpuinfo` detecting the CPU model); a task
+    start/stop pair on a live tracker costs a few milliseconds. Hardware detection runs in a
+    background thread as soon as the first meter exists, so it overlaps with model loading.
+    """
+
+    def __init__(self) -> None:
+        from codecarbon import OfflineEmissionsTracker
+
+        check_codecarbon_version()
+
+        # Silence codecarbon before building the tracker: it logs at INFO while being built,
+        # before its own `log_level` applies (importing it resets the level from the
+        # environment, hence after the import). CODECARBON_LOG_LEVEL still wins if set.
+        level = os.environ.get("CODECARBON_LOG_LEVEL", "ERROR").upper()
+        logging.getLogger("codecarbon").setLevel(level)
+
+        self.tracker = OfflineEmissionsTracker(
+            tracking_mode="process",
+            output_methods=[],  # no emissions.csv, no API, no logger output
+            emissions_endpoint="",
+            electricitymaps_api_token="",
+            log_level=level.lower(),
+            measure_power_secs=3600,  # unused: task measurements never start the scheduler
+            allow_multiple_runs=True,
+            force_carbon_intensity_g_co2e_kwh=WORLD_AVERAGE_G_PER_KWH,  # we recompute carbon
+        )
+        self.busy = threading.Lock()
+        self._ready = threading.Thread(
+            target=self.tracker.get_detected_hardware, name="energy-warm-up", daemon=True
+        )
+        self._ready.start()
+        self._methods: ComponentMethods | None = None
+
+    def methods(self) -> ComponentMethods:
+        self._ready.join()
+        if self._methods is None:
+            self._methods = detect_methods(self.tracker)
+        return self._methods
+
+    def start(self, name: str) -> None:
+        self._ready.join()
+        self.tracker.start_task(name)
+
+    def stop(self) -> Any:
+        return self.tracker.stop_task()
+
+    def hardware_info(self) -> dict[str, Any]:
+        """codecarbon's description of this machine (CPU model and count, GPU, RAM)."""
+        return self.tracker.get_detected_hardware()
+
+
+def detect_methods(tracker: Any) -> ComponentMethods:
+    """Name the method codecarbon chose for each component.
+
+    codecarbon exposes no public accessor for this, so it reads the tracker's hardware list;
+    an unknown device type maps to `Method.COUNTER` rather than being hidden.
+    """
+    from codecarbon.core.gpu import is_nvidia_system
+    from codecarbon.external.hardware import CPU, GPU, MODE_CPU_LOAD
+    from codecarbon.external.ram import RAM
+
+    cpu = gpu = ram = Method.NONE
+    for device in tracker._hardware:
+        if isinstance(device, RAM):
+            ram = Method.CONSTANT
+        elif isinstance(device, GPU):
+            gpu = Method.NVML if is_nvidia_system() else Method.COUNTER
+        elif isinstance(device, CPU):
+            cpu = {
+                MODE_CPU_LOAD: Method.TDP_ESTIMATE,
+                "constant": Method.CONSTANT,
+                "intel_rapl": Method.RAPL,
+                "windows_emi": Method.RAPL,
+                "intel_power_gadget": Method.RAPL,
+            }.get(device._mode, Method.COUNTER)
+        elif getattr(device, "chip_part", "") == "RAM":
+            ram = Method.COUNTER
+        else:  # Apple silicon or Raspberry Pi chips
+            if getattr(device, "chip_part", "") == "GPU":
+                gpu = Method.COUNTER
+            else:
+                cpu = Method.COUNTER
+    return ComponentMethods(cpu=cpu, gpu=gpu, ram=ram)
+
+
+def describe_hardware() -> str:
+    """This process's hardware as codecarbon detected it, e.g. "AMD EPYC (2 threads), no GPU".
+
+    For `run.json` (the model card's `hardware_used`); sites keep theirs to themselves.
+    """
+    info = shared_tracker().hardware_info()
+    cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({info.get('cpu_count')} threads)"
+    gpu = info.get("gpu_model") or "no GPU"
+    return f"{cpu}, {gpu}, {info.get('ram_total_size', 0):.0f} GB RAM"
+
+
+_shared: SharedTracker | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_tracker() -> SharedTracker:
+    """The process's one tracker, built on first use (all meters share it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = SharedTracker()
+        return _shared

@@ -23,6 +23,7 @@ from fedvlm.data.partition import synthetic_site
 from fedvlm.processes import child_env, start_process, stop_process_group
 
 SITES = ("site-a", "site-b")
+THREE_SITES = (*SITES, "site-c")  # the dropout test: min-available-nodes = every site
 RUN_CONFIG = {
     "num-server-rounds": 2,
     "local-steps": 1,
@@ -81,13 +82,16 @@ def processes(tmp_path) -> Iterator[Processes]:
 
 @pytest.fixture(scope="module")
 def federation_files(tmp_path_factory):
-    """Credentials for two registered sites and an intruder, and each site's image folder."""
+    """Credentials for three sites and an intruder, and each site's image folder.
+
+    Most tests register the first two (`SITES`); the dropout test all three.
+    """
     root = tmp_path_factory.mktemp("federation")
-    creds = make_credentials(root / "credentials", sites=[*SITES, "intruder"])
+    creds = make_credentials(root / "credentials", sites=[*THREE_SITES, "intruder"])
     folders = {}
-    for index, site in enumerate(SITES):
+    for index, site in enumerate(THREE_SITES):
         data = synthetic_site(
-            index, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0
+            index % 2, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=index // 2
         )
         folders[site] = write_imagefolder(
             {"train": data.train, "validation": data.val}, root / f"{site}-images"
@@ -100,7 +104,9 @@ def fedvlm(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "fedvlm"), *args]
 
 
-def coordinator_args(creds, state_dir: Path, port: int, run_dir: Path, **extra) -> list[str]:
+def coordinator_args(
+    creds, state_dir: Path, port: int, run_dir: Path, sites=SITES, **extra
+) -> list[str]:
     config = {**RUN_CONFIG, "run-dir": str(run_dir), **extra}
     args = [
         "coordinator",
@@ -113,7 +119,7 @@ def coordinator_args(creds, state_dir: Path, port: int, run_dir: Path, **extra) 
         "--port",
         str(port),
     ]
-    for site in SITES:
+    for site in sites:
         args += ["--site-key", str(creds.site_keys[site][1])]
     for key, value in config.items():
         args += ["--run-config", f"{key}={json.dumps(value)}"]
@@ -146,8 +152,8 @@ def wait_for(predicate, timeout: float, what: str, *watch: subprocess.Popen) -> 
         time.sleep(0.5)
 
 
-def registered(log: Path) -> bool:
-    return log.exists() and all(f"site {s}: node" in log.read_text() for s in SITES)
+def registered(log: Path, sites=SITES) -> bool:
+    return log.exists() and all(f"site {s}: node" in log.read_text() for s in sites)
 
 
 def port_open(port: int) -> bool:
@@ -158,7 +164,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def start_nodes(processes: Processes, creds, folders, port: int) -> list[subprocess.Popen]:
+def start_nodes(
+    processes: Processes, creds, folders, port: int, sites=SITES
+) -> list[subprocess.Popen]:
     return [
-        processes.start(f"node-{site}", node_args(creds, folders, site, port))[0] for site in SITES
+        processes.start(f"node-{site}", node_args(creds, folders, site, port))[0] for site in sites
     ]

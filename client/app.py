@@ -145,12 +145,18 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     Per question type and per subgroup (small subgroups suppressed, fedvlm/site_metrics.py);
     with `eval-personalise-steps` also after that many local steps, whose adapter stays here.
     """
-    settings = EvalSettings.from_config(context.run_config)
+    settings = EvalSettings.from_config(context.run_config, context.node_config)
     # Refuses personalisation (non-DP training on the training split) under sample-level DP.
     PrivacySettings.from_config(context.run_config)
     with _meter(context).measure() as energy:
         run, site, model, processor, _, _ = _prepare(msg, context)
-        metrics = site_metrics(model, processor, site.val, min_subgroup=settings.min_subgroup)
+        metrics = site_metrics(
+            model,
+            processor,
+            site.val,
+            fields=settings.subgroup_fields,
+            min_subgroup=settings.min_subgroup,
+        )
         if settings.personalise_steps:
             tuned = personalised(
                 model,

@@ -9,6 +9,12 @@ neither its value, its count nor its accuracy travels; the suppressed groups of 
 pooled as one ``(suppressed)`` group whose count alone is sent (it equals the site's total
 minus the reported groups, so withholding it would hide nothing), never scored.
 
+Subgroups are opt-in: only the fields named in the run config's ``eval-subgroup-fields``
+(and, if the site sets ``subgroup-fields`` in its node config, also there: a site can narrow
+the list, never widen it) are reported at all, so an identifier column (``patient_ref``) never
+becomes a key; within a reported field, the suppression below keeps rare values' names
+home too.
+
 Suppression alone is not enough: with the site's overall accuracy and every other group's
 accuracy known, a single suppressed group's accuracy is a subtraction away. So the smallest
 reported groups of the same field are suppressed too, until the suppressed groups together
@@ -18,7 +24,7 @@ hold at least the minimum (complementary suppression, as statistical offices do)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, ProcessorMixin
@@ -40,6 +46,8 @@ from fedvlm.training import EvalStats, evaluate, train_local
 # Run-config keys read by the sites (declared in pyproject's [tool.flwr.app.config]).
 MIN_SUBGROUP_KEY = "eval-min-subgroup"
 PERSONALISE_STEPS_KEY = "eval-personalise-steps"
+SUBGROUP_FIELDS_KEY = "eval-subgroup-fields"  # comma-separated allow-list; "" = none
+SITE_SUBGROUP_FIELDS_KEY = "subgroup-fields"  # node config: the site's own narrower list
 DEFAULT_MIN_SUBGROUP = 10
 
 UNTYPED = "untyped"  # name of the question type of examples that have none
@@ -53,27 +61,44 @@ class EvalSettings:
 
     min_subgroup: int = DEFAULT_MIN_SUBGROUP
     personalise_steps: int = 0
+    subgroup_fields: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, object]) -> EvalSettings:
-        """Read ``eval-min-subgroup`` (>= 1) and ``eval-personalise-steps`` (>= 0)."""
+    def from_config(
+        cls, config: Mapping[str, object], node_config: Mapping[str, object] | None = None
+    ) -> EvalSettings:
+        """Read ``eval-min-subgroup`` (>= 1), ``eval-personalise-steps`` (>= 0) and the
+        subgroup allow-list: ``eval-subgroup-fields``, narrowed by the node's
+        ``subgroup-fields`` when the site sets one."""
+        fields = _field_list(read(config, SUBGROUP_FIELDS_KEY, str, ""))
+        if node_config is not None and SITE_SUBGROUP_FIELDS_KEY in node_config:
+            own = _field_list(read(node_config, SITE_SUBGROUP_FIELDS_KEY, str, ""))
+            fields = [f for f in fields if f in own]
         return cls(
             min_subgroup=read(
                 config, MIN_SUBGROUP_KEY, int, DEFAULT_MIN_SUBGROUP, lambda v: v >= 1, ">= 1"
             ),
             personalise_steps=read(config, PERSONALISE_STEPS_KEY, int, 0, lambda v: v >= 0, ">= 0"),
+            subgroup_fields=tuple(fields),
         )
 
 
-def subgroups(examples: Sequence[VQAExample]) -> dict[str, dict[str, list[VQAExample]]]:
-    """Examples by attribute field, then by value; an absent field counts as ``MISSING``.
+def _field_list(text: str) -> list[str]:
+    """``"scanner, sex"`` -> ``["scanner", "sex"]`` (Flower's run config holds no lists)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
-    Every field's groups partition the whole split, which is what makes complementary
-    suppression (see the module docstring) sound.
+
+def subgroups(
+    examples: Sequence[VQAExample], fields: Collection[str]
+) -> dict[str, dict[str, list[VQAExample]]]:
+    """Examples by allowed attribute field, then by value; an absent field is ``MISSING``.
+
+    Only ``fields`` (the allow-list) are grouped at all. Every field's groups partition the
+    whole split, which is what makes complementary suppression (see the module docstring)
+    sound; small groups are pooled by `site_metrics` before any key is built.
     """
-    fields = sorted({name for ex in examples for name in ex.attributes})
     groups: dict[str, dict[str, list[VQAExample]]] = {}
-    for name in fields:
+    for name in sorted(set(fields)):
         by_value: dict[str, list[VQAExample]] = defaultdict(list)
         for ex in examples:
             by_value[str(ex.attributes.get(name, MISSING))].append(ex)
@@ -100,10 +125,14 @@ def site_metrics(
     processor: ProcessorMixin,
     examples: Sequence[VQAExample],
     *,
+    fields: Collection[str] = (),
     min_subgroup: int = DEFAULT_MIN_SUBGROUP,
     stats: EvalStats | None = None,
 ) -> dict[str, float | int]:
     """The scalars a site sends about ``examples`` (its validation split).
+
+    ``fields``: the attribute fields allowed to be reported (`EvalSettings.subgroup_fields`);
+    none by default.
 
     ``stats`` is the overall ``evaluate`` result when the caller already has it. Subgroup
     accuracies come from evaluating each reported group on its own; suppressed groups are
@@ -118,7 +147,7 @@ def site_metrics(
     for name, (count, accuracy) in stats.by_type.items():
         metrics[TYPE_N + (name or UNTYPED)] = count
         metrics[TYPE_ACC + (name or UNTYPED)] = accuracy
-    for name, by_value in subgroups(examples).items():
+    for name, by_value in subgroups(examples, fields).items():
         hidden = suppressed_values({v: len(g) for v, g in by_value.items()}, min_subgroup)
         for value, group in by_value.items():
             if value not in hidden:

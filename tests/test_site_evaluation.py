@@ -21,7 +21,12 @@ from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.contract.eval_keys import GROUP_ACC, GROUP_N, PERSONALISED_ACCURACY, TYPE_ACC, TYPE_N
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
-from fedvlm.site_metrics import EvalSettings, SiteEvaluation, site_metrics, suppressed_values
+from fedvlm.site_metrics import (
+    EvalSettings,
+    SiteEvaluation,
+    site_metrics,
+    suppressed_values,
+)
 from fedvlm.training import evaluate, train_local
 from fedvlm.vlm import load_peft_model
 from simulations.in_process import over_the_wire
@@ -33,6 +38,7 @@ RUN_CONFIG = {
     "sim-val-examples-per-site": 24,
     "energy-tracking": False,
     "eval-min-subgroup": 6,
+    "eval-subgroup-fields": "lesion_count",
 }
 RUN = RunSettings.from_config(RUN_CONFIG)
 NODES = {11: 0, 22: 1, 33: 2}  # node id -> partition
@@ -168,7 +174,7 @@ def test_a_small_subgroup_is_suppressed_and_cannot_be_recovered_by_subtraction()
     ]
     examples += [VQAExample(image, base[0].question, base[0].answer, base[0].question_type)] * 2
     model, processor = load_peft_model(RUN.base_model, RUN.lora)
-    metrics = site_metrics(model, processor, examples, min_subgroup=10)
+    metrics = site_metrics(model, processor, examples, fields=["scanner"], min_subgroup=10)
     # B (1 example), the 2 examples without the field and, complementarily, C (11) are
     # suppressed: pooled, so neither their values nor their sizes leave the site.
     assert metrics[f"{GROUP_N}scanner=(suppressed)"] == 1 + 2 + 11
@@ -182,6 +188,41 @@ def test_a_small_subgroup_is_suppressed_and_cannot_be_recovered_by_subtraction()
     assert all(
         key.startswith((TYPE_N, TYPE_ACC, GROUP_N, GROUP_ACC, "eval-", "num-")) for key in metrics
     )
+
+
+def test_subgroups_are_opt_in_and_an_identifier_column_never_becomes_a_key():
+    """A `patient_ref` column went up as `eval-n/group/patient_ref=PATIENT-SECRET-0048`.
+
+    Every extra metadata field used to be a subgroup (the mutation: report every field in
+    `subgroups` again, and the first assertions fail); now only allow-listed fields are, a
+    site can narrow the list, and rare values are pooled.
+    """
+    base = load_site(NodeSettings(partition_id=0, num_partitions=3), RUN.simulation, 0).val
+    examples = [
+        VQAExample(
+            ex.image,
+            ex.question,
+            ex.answer,
+            ex.question_type,
+            {"patient_ref": f"PATIENT-SECRET-{i:04d}", "scanner": "A"},
+        )
+        for i, ex in enumerate(base)
+    ]
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    for fields in ((), ("scanner",)):
+        metrics = site_metrics(model, processor, examples, fields=fields, min_subgroup=5)
+        assert not any("patient_ref" in key or "SECRET" in key for key in metrics)
+    assert metrics[f"{GROUP_N}scanner=A"] == len(examples)
+    # Allow-listed by the run, each value unique: all pooled, no value named.
+    metrics = site_metrics(model, processor, examples, fields=["patient_ref"], min_subgroup=2)
+    assert not any("SECRET" in key for key in metrics)
+    assert metrics[f"{GROUP_N}patient_ref=(suppressed)"] == len(examples)
+    # The run's allow-list, narrowed (never widened) by the site's node config.
+    run = {"eval-subgroup-fields": "scanner, sex"}
+    assert EvalSettings.from_config(run).subgroup_fields == ("scanner", "sex")
+    narrowed = EvalSettings.from_config(run, {"subgroup-fields": "sex,patient_ref"})
+    assert narrowed.subgroup_fields == ("sex",)
+    assert EvalSettings.from_config({}).subgroup_fields == ()
 
 
 def test_personalised_accuracy_is_computed_on_site_and_the_tuned_adapter_stays_there(

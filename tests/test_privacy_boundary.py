@@ -14,6 +14,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MessageType,
     MetricRecord,
@@ -25,6 +26,7 @@ from client.app import app
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
 from fedvlm.config import RunSettings
+from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.vlm import load_peft_model
@@ -38,10 +40,20 @@ def _wire(message: Message) -> Message:
 
 
 def capture_mod(sent: list[Message]) -> Callable:
-    """A client mod that records every reply the ClientApp sends, in its wire form."""
+    """A client mod that records every reply the ClientApp sends, in its wire form.
+
+    An exception becomes the error reply Flower's ClientApp runtime sends in its place
+    (flwr/supernode/runtime/run_clientapp.py builds its reason the same way).
+    """
 
     def mod(msg: Message, context: Context, call_next: Callable) -> Message:
-        reply = _wire(call_next(msg, context))
+        try:
+            reply = call_next(msg, context)
+        except Exception as ex:  # noqa: BLE001 - what the runtime does with any exception
+            reply = Message(
+                Error(code=0, reason=str(type(ex)) + ":<'" + str(ex) + "'>"), reply_to=msg
+            )
+        reply = _wire(reply)
         sent.append(reply)
         return reply
 
@@ -50,8 +62,26 @@ def capture_mod(sent: list[Message]) -> Callable:
 
 def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, tmp_path):
     site = synthetic_site(0, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0)
+    # An identifier column, as a hospital export may carry one: its values went up as
+    # metric keys (`eval-n/group/patient_ref=PATIENT-SECRET-0048`) before subgroups were
+    # opt-in and small groups pooled (mutation: key every group by its value in
+    # fedvlm/site_metrics.site_metrics, suppressed or not).
+    site.train[:], site.val[:] = (
+        [
+            VQAExample(
+                e.image,
+                e.question,
+                e.answer,
+                e.question_type,
+                {**e.attributes, "patient_ref": f"PATIENT-SECRET-{offset + i:04d}"},
+            )
+            for i, e in enumerate(split)
+        ]
+        for offset, split in ((0, site.train), (100, site.val))
+    )
     folder = write_imagefolder({"train": site.train, "validation": site.val}, tmp_path / "site")
     examples = site.train + site.val
+    metadata_values = {v for e in examples for v in e.attributes.values() if len(v) >= 6}
     image_shapes = {np.asarray(e.image).shape for e in examples}
     secrets = {str(folder), str(folder.resolve()), "metadata.jsonl", "images/", ".png"}
     labels = {e.answer for e in examples} | {e.question for e in examples}
@@ -66,7 +96,12 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
         node_id=7,
         node_config={"data-path": str(folder)},
         state=RecordDict(),
-        run_config=RUN_CONFIG,
+        # The run even allow-lists the identifier: its unique values are pooled as (suppressed).
+        run_config={
+            **RUN_CONFIG,
+            "eval-subgroup-fields": "patient_ref,lesion_count",
+            "eval-personalise-steps": 1,
+        },
     )
     train_config = ConfigRecord(
         {
@@ -95,11 +130,15 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
     mod = capture_mod(sent)
     for instruction in instructions:
         mod(_wire(instruction), context, app)
+    # And an error reply: an evaluate instruction the ClientApp cannot use.
+    broken = Message(RecordDict({contract.CONFIG: ConfigRecord({})}), 7, MessageType.EVALUATE)
+    mod(_wire(broken), context, app)
 
-    assert len(sent) == 2 and not any(m.has_error() for m in sent), [
+    assert len(sent) == 3 and not any(m.has_error() for m in sent[:2]), [
         m.error for m in sent if m.has_error()
     ]
-    train_reply, eval_reply = sent
+    assert sent[2].has_error()
+    train_reply, eval_reply, _ = sent
     assert train_reply.metadata.message_type == MessageType.TRAIN
     assert set(train_reply.content) == {contract.ARRAYS, contract.METRICS}
     assert set(eval_reply.content) == {contract.METRICS}
@@ -109,7 +148,14 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
     assert {k: tuple(a.shape) for k, a in update.items()} == expected
     assert np.any([np.any(a.numpy() != 0) for a in update.values()])  # it did train
 
+    assert "patient_ref=(suppressed)" in "".join(eval_reply.content[contract.METRICS])
     for message in sent:
+        # No byte of any serialised reply (errors included) spells a metadata value.
+        text = message_to_proto(message).SerializeToString()
+        for value in metadata_values:
+            assert value.encode() not in text, value
+        if message.has_error():
+            continue
         for name, record in message.content.items():
             # No ConfigRecord (the only record that can hold strings) ever leaves a site.
             assert isinstance(record, ArrayRecord | MetricRecord), (name, type(record))
@@ -122,6 +168,5 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
                     assert tuple(array.shape) not in image_shapes, key
                     assert array.numpy().ndim <= 2, key
         # No byte of the serialised reply spells the data folder or its files.
-        text = message_to_proto(message).SerializeToString()
         for secret in secrets:
             assert secret.encode() not in text, secret

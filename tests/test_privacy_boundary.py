@@ -22,6 +22,7 @@ from flwr.app import (
 )
 from flwr.common.serde import message_from_proto, message_to_proto
 
+from client import app as client_app
 from client.app import app
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
@@ -30,6 +31,7 @@ from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.vlm import load_peft_model
+from simulations.in_process import InProcessGrid, run_coordinator
 
 RUN_CONFIG = {"local-steps": 2, "batch-size": 4, "seed": 0, "energy-tracking": False}
 
@@ -170,3 +172,75 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
         # No byte of the serialised reply spells the data folder or its files.
         for secret in secrets:
             assert secret.encode() not in text, secret
+
+
+class RecordingGrid(InProcessGrid):
+    """The in-process federation, keeping the serialised bytes of every reply a site sends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.wire: list[tuple[str, bytes]] = []
+
+    def deliver(self, message: Message) -> Message | None:
+        reply = super().deliver(message)
+        if reply is not None:
+            kind = message.metadata.message_type
+            self.wire.append((kind, message_to_proto(reply).SerializeToString()))
+        return reply
+
+
+def test_no_metadata_value_leaves_a_site_in_any_message_of_a_secure_run(tmp_path):
+    """Every message of a secure-aggregation run, and the coordinator's run folder.
+
+    Three site folders with an identifier column that the run even allow-lists; the real
+    coordinator main and ClientApp exchange every SecAgg stage, the evaluation and the
+    personalised evaluation. No byte of any reply, and no file of the run folder, holds a
+    metadata value (mutation: no pooling as (other) in fedvlm/site_metrics.subgroups).
+    """
+    folders, values = [], set()
+    for index in range(3):
+        site = synthetic_site(
+            index, 3, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0
+        )
+        splits = {}
+        for name, split in (("train", site.train), ("validation", site.val)):
+            splits[name] = [
+                VQAExample(
+                    e.image,
+                    e.question,
+                    e.answer,
+                    e.question_type,
+                    {**e.attributes, "patient_ref": f"PATIENT-SECRET-{index}{name[0]}{i:03d}"},
+                )
+                for i, e in enumerate(split)
+            ]
+            values |= {e.attributes["patient_ref"] for e in splits[name]}
+        folders.append(write_imagefolder(splits, tmp_path / f"site-{index}"))
+    config = {
+        **RUN_CONFIG,
+        "local-steps": 1,
+        "num-server-rounds": 1,
+        "min-train-nodes": 3,
+        "min-available-nodes": 3,
+        "node-wait-timeout": 5.0,
+        "site-data": "folders",
+        "secure-aggregation": True,
+        "eval-subgroup-fields": "patient_ref,lesion_count",
+        "eval-personalise-steps": 1,
+        "run-dir": str(tmp_path / "runs"),
+        "run-name": "secure",
+    }
+    grid = RecordingGrid(client_app.app, config, [{"data-path": str(f)} for f in folders])
+    run_coordinator(grid, config)
+
+    kinds = {kind for kind, _ in grid.wire}
+    assert MessageType.EVALUATE in kinds and len(kinds) >= 3, kinds  # SecAgg stages too
+    for kind, text in grid.wire:
+        for value in values:
+            assert value.encode() not in text, (kind, value)
+    written = [p for p in (tmp_path / "runs" / "secure").rglob("*") if p.is_file()]
+    assert any(p.name.startswith("ledger") for p in written)
+    for path in written:
+        content = path.read_bytes()
+        for value in values:
+            assert value.encode() not in content, (path, value)

@@ -4,7 +4,10 @@ The real ClientApp trains the real embedded VLM on real image files written to d
 client mod wrapped around it captures every reply as it goes onto the wire (through Flower's
 protobuf serialisation) and the test checks each one: only adapter tensors, with exactly
 the adapter's names and shapes, and scalar metrics; no image-shaped array, and no string
-that holds a file path, a file name, a question, an answer or a subgroup attribute.
+that holds a file path, a file name, a question, an answer or a subgroup attribute. Every
+reply's serialised bytes (errors and, in a secure run, every SecAgg stage included) are
+searched for every metadata value of an identifier column; tests/test_wire_privacy.py does
+the same on a deployed node's socket.
 """
 
 from collections.abc import Callable

@@ -198,7 +198,7 @@ def test_no_metadata_value_leaves_a_site_in_any_message_of_a_secure_run(tmp_path
     Three site folders with an identifier column that the run even allow-lists; the real
     coordinator main and ClientApp exchange every SecAgg stage, the evaluation and the
     personalised evaluation. No byte of any reply, and no file of the run folder, holds a
-    metadata value (mutation: no pooling as (other) in fedvlm/site_metrics.subgroups).
+    metadata value (mutation: key every group by its value in fedvlm/site_metrics.site_metrics).
     """
     folders, values = [], set()
     for index in range(3):

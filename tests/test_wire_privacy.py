@@ -4,7 +4,7 @@ The in-process privacy-boundary tests see Flower's protobuf; this one sees the b
 deployed node actually writes to its socket (plain gRPC, so the proxy can read them: the run
 is ``--insecure`` on loopback for that reason only). The site's folder carries an identifier
 column the run even allow-lists; no value of it may appear in the captured stream
-(mutation: no pooling as (other) in fedvlm/site_metrics.subgroups).
+(mutation: key every group by its value in fedvlm/site_metrics.site_metrics).
 """
 
 import json
@@ -119,6 +119,6 @@ def test_no_metadata_value_crosses_the_network(processes, tmp_path):
         sent = bytes(captured)
     rows = read_ledger(run)
     assert [r["round"] for r in rows] == [0, 1] and len(rows[1]["sites"]) == 1
-    assert b"eval-n/group/patient_ref=(other)" in sent  # the evaluation did cross the proxy
+    assert b"eval-n/group/patient_ref=(suppressed)" in sent  # the evaluation did cross the proxy
     for value in values:
         assert value.encode() not in sent, value

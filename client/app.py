@@ -38,7 +38,7 @@ from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.contract.eval_keys import PERSONALISED_ACCURACY, PERSONALISED_LOSS, PERSONALISED_STEPS
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
-from fedvlm.site_metrics import EvalSettings, personalised, site_metrics
+from fedvlm.site_metrics import EvalSettings, personalised, site_metrics, test_metrics
 from fedvlm.vlm import load_peft_model
 from privacy.settings import PrivacySettings
 from privacy.site_account import SiteRefusalError, refusal_reply
@@ -142,6 +142,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global adapter on this site's own validation split (scalars only).
 
+    A site whose folder has a ``test`` split also scores it, under separate keys.
+
     Per question type and per subgroup (small subgroups suppressed, fedvlm/site_metrics.py);
     with `eval-personalise-steps` also after that many local steps, whose adapter stays here.
     """
@@ -151,6 +153,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     with _meter(context).measure() as energy:
         run, site, model, processor, _, _ = _prepare(msg, context)
         metrics = site_metrics(model, processor, site.val, min_subgroup=settings.min_subgroup)
+        metrics.update(test_metrics(model, processor, site.test))
         if settings.personalise_steps:
             tuned = personalised(
                 model,

@@ -141,10 +141,16 @@ def _sites(rows: list[dict[str, Any]]) -> str:
     block = last["site_eval"]
     sites = block["sites"]
     tuned = any("personalised_accuracy" in s for s in sites.values())
-    header = ["site", "examples", "accuracy", "loss"] + (["personalised acc."] if tuned else [])
+    tested = "test" in block  # sites' test splits, reported apart from validation
+    header = (
+        ["site", "examples", "accuracy", "loss"]
+        + (["personalised acc."] if tuned else [])
+        + (["test examples", "test acc."] if tested else [])
+    )
     table = [
         [f"site {node}", s["examples"], _fmt(s["accuracy"]), _fmt(s["loss"])]
         + ([_fmt(s.get("personalised_accuracy"))] if tuned else [])
+        + ([s.get("test", {}).get("n", 0), _fmt(s.get("test", {}).get("accuracy"))] if tested else [])
         for node, s in sites.items()
     ]
     worst = {list(sites).index(block["worst_site"]["node"])}

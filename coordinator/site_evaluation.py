@@ -76,6 +76,11 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
                 if s.personalised_accuracy is not None
                 else {}
             ),
+            **(
+                {"test": {"n": s.test_examples, "accuracy": s.test_accuracy, "loss": s.test_loss}}
+                if s.test_accuracy is not None
+                else {}
+            ),
         }
         for node, s in sites.items()
     }
@@ -102,6 +107,13 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
             "subgroups": _pooled_subgroups(sites),
         }
     )
+    tested = [(s.test_examples, s.test_accuracy) for s in sites.values() if s.test_examples]
+    if tested:  # only the sites that hold a test split; never mixed into validation
+        block["test"] = {
+            "n": sum(n for n, _ in tested),
+            "sites": len(tested),
+            "weighted_accuracy": _weighted(tested),
+        }
     tuned = [(s.examples, s.personalised_accuracy) for s in sites.values()]
     if all(a is not None for _, a in tuned):
         block["personalised_weighted_accuracy"] = _weighted(tuned)

@@ -216,6 +216,15 @@ def summarize(run: RunRecord) -> dict[str, Any]:
             ),
             None,
         ),
+        # Sites' test splits, never trained on: reported apart, never part of the headline.
+        "test_accuracy_final": next(
+            (
+                r["site_eval"]["test"]["weighted_accuracy"]
+                for r in reversed(rows)
+                if (r.get("site_eval") or {}).get("test")
+            ),
+            None,
+        ),
         "headline": headline(rows),
         "privacy": privacy_final,
         "energy": energy_totals(rows),

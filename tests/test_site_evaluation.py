@@ -18,7 +18,16 @@ from coordinator.site_evaluation import round_block
 from fedvlm import contract
 from fedvlm.adapter import Adapter, adapter_to_arrayrecord, get_adapter_state, set_adapter_state
 from fedvlm.config import NodeSettings, RunSettings
-from fedvlm.contract.eval_keys import GROUP_ACC, GROUP_N, PERSONALISED_ACCURACY, TYPE_ACC, TYPE_N
+from fedvlm.contract.eval_keys import (
+    GROUP_ACC,
+    GROUP_N,
+    PERSONALISED_ACCURACY,
+    TEST_ACCURACY,
+    TEST_EXAMPLES,
+    TYPE_ACC,
+    TYPE_N,
+)
+from fedvlm.data import load_imagefolder, make_examples, write_imagefolder
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
 from fedvlm.site_metrics import EvalSettings, SiteEvaluation, site_metrics, suppressed_values
@@ -216,3 +225,50 @@ def test_evaluation_settings_are_validated_naming_the_key():
         EvalSettings.from_config({"eval-min-subgroup": 0})
     with pytest.raises(ConfigError, match="eval-personalise-steps"):
         EvalSettings.from_config({"eval-personalise-steps": -1})
+
+
+def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, global_adapter):
+    """A deployed site with a ``test`` split: train counts only train, evaluate reports test apart.
+
+    Mutation checked: training on ``site.train + site.test`` in client/app.py makes the
+    ``num-examples`` assertion fail.
+    """
+    folder = write_imagefolder(
+        {
+            "train": make_examples(6, seed=1, image_size=16),
+            "validation": make_examples(4, seed=2, image_size=16),
+            "test": make_examples(5, seed=3, image_size=16),
+        },
+        tmp_path / "site",
+    )
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"data-path": str(folder)},
+        state=RecordDict(),
+        run_config={**RUN_CONFIG, "local-steps": 1},
+    )
+
+    def send(message_type: str) -> Message:
+        content = RecordDict({contract.ARRAYS: adapter_to_arrayrecord(global_adapter)})
+        content[contract.CONFIG] = ConfigRecord({contract.SERVER_ROUND: 1})
+        message = Message(content, dst_node_id=7, message_type=message_type)
+        reply = over_the_wire(client_app.app(over_the_wire(message), context))
+        assert not reply.has_error(), reply.error
+        return reply
+
+    trained = send("train").content[contract.METRICS]
+    assert trained[contract.NUM_EXAMPLES] == 6  # the test split is not trained on
+    sent = send("evaluate").content[contract.METRICS]
+    site = load_imagefolder(folder)
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    set_adapter_state(model, global_adapter)
+    expected = evaluate(model, processor, site.test)
+    assert sent[contract.NUM_EXAMPLES] == 4 and sent[TEST_EXAMPLES] == 5
+    assert sent[TEST_ACCURACY] == pytest.approx(expected.accuracy)
+    assert sent[contract.EVAL_ACCURACY] == pytest.approx(evaluate(model, processor, site.val).accuracy)
+
+    block = round_block([over_the_wire(send("evaluate"))])
+    assert block["test"] == {"n": 5, "sites": 1, "weighted_accuracy": pytest.approx(expected.accuracy)}
+    assert block["sites"]["7"]["test"]["n"] == 5
+    assert block["sites"]["7"]["examples"] == 4  # validation figures hold no test example

@@ -150,7 +150,7 @@ def _sites(rows: list[dict[str, Any]]) -> str:
     table = [
         [f"site {node}", s["examples"], _fmt(s["accuracy"]), _fmt(s["loss"])]
         + ([_fmt(s.get("personalised_accuracy"))] if tuned else [])
-        + ([s.get("test", {}).get("n", 0), _fmt(s.get("test", {}).get("accuracy"))] if tested else [])
+        + ([s.get("test", {}).get("n", 0), _fmt(s.get("test", {}).get("accuracy"))] * tested)
         for node, s in sites.items()
     ]
     worst = {list(sites).index(block["worst_site"]["node"])}

@@ -279,7 +279,7 @@ def test_imagefolder_round_trip(tmp_path):
             assert r.image.mode == "RGB"
             assert np.array_equal(np.asarray(w.image), np.asarray(r.image))
     summary = validate_imagefolder(folder)
-    assert summary["splits"] == {"train": 6, "validation": 3}
+    assert summary["splits"] == {"train": 6, "validation": 3, "test": 0}
     assert summary["attributes"] == {
         "lesion_count": sorted({e.attributes["lesion_count"] for e in train + val})
     }

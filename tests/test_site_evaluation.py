@@ -230,8 +230,9 @@ def test_evaluation_settings_are_validated_naming_the_key():
 def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, global_adapter):
     """A deployed site with a ``test`` split: train counts only train, evaluate reports test apart.
 
-    Mutation checked: training on ``site.train + site.test`` in client/app.py makes the
-    ``num-examples`` assertion fail.
+    Mutation checked: ``train=by_split["train"] + by_split["test"]`` in
+    fedvlm/data/imagefolder.py's load_imagefolder makes the ``num-examples`` assertion fail
+    (11 == 6).
     """
     folder = write_imagefolder(
         {
@@ -246,12 +247,20 @@ def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, globa
         node_id=7,
         node_config={"data-path": str(folder)},
         state=RecordDict(),
-        run_config={**RUN_CONFIG, "local-steps": 1},
+        run_config=RUN_CONFIG,
     )
 
     def send(message_type: str) -> Message:
         content = RecordDict({contract.ARRAYS: adapter_to_arrayrecord(global_adapter)})
-        content[contract.CONFIG] = ConfigRecord({contract.SERVER_ROUND: 1})
+        content[contract.CONFIG] = ConfigRecord(
+            {
+                contract.SERVER_ROUND: 1,
+                contract.LOCAL_STEPS: 1,
+                contract.LEARNING_RATE: 0.01,
+                contract.BATCH_SIZE: 4,
+                contract.SEED: 0,
+            }
+        )
         message = Message(content, dst_node_id=7, message_type=message_type)
         reply = over_the_wire(client_app.app(over_the_wire(message), context))
         assert not reply.has_error(), reply.error
@@ -266,9 +275,14 @@ def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, globa
     expected = evaluate(model, processor, site.test)
     assert sent[contract.NUM_EXAMPLES] == 4 and sent[TEST_EXAMPLES] == 5
     assert sent[TEST_ACCURACY] == pytest.approx(expected.accuracy)
-    assert sent[contract.EVAL_ACCURACY] == pytest.approx(evaluate(model, processor, site.val).accuracy)
+    validation = evaluate(model, processor, site.val)
+    assert sent[contract.EVAL_ACCURACY] == pytest.approx(validation.accuracy)
 
-    block = round_block([over_the_wire(send("evaluate"))])
-    assert block["test"] == {"n": 5, "sites": 1, "weighted_accuracy": pytest.approx(expected.accuracy)}
+    block = round_block([send("evaluate")])
+    assert block["test"] == {
+        "n": 5,
+        "sites": 1,
+        "weighted_accuracy": pytest.approx(expected.accuracy),
+    }
     assert block["sites"]["7"]["test"]["n"] == 5
     assert block["sites"]["7"]["examples"] == 4  # validation figures hold no test example

@@ -248,6 +248,8 @@ def main(grid: Grid, context: Context) -> None:
                 for m in trained.replies
                 if m.metadata.src_node_id not in refused
             ),
+            # Node id -> the site's own name (fedvlm.contract.SITE_NAME): the reader's view.
+            "site_names": site_evaluation.site_names([*trained.replies, *eval_replies]),
             "dropped": trained.dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
             "train_loss": None

@@ -43,6 +43,12 @@ def _site_name(part: str) -> str:
     return part if part in (COORDINATOR, NETWORK) else f"site {part}"
 
 
+def _named(node: str, summary: dict[str, Any]) -> str:
+    """A site by the name it sent, its node id second."""
+    name = summary.get("site_names", {}).get(node)
+    return f"{name} (node {node})" if name and name != node else node
+
+
 def _method_kind(label: str) -> str:
     if label == "none":
         return "not present"
@@ -282,7 +288,7 @@ def render_model_card(
         "",
         "## Federation",
         "",
-        f"- Sites: {len(sites)} ({', '.join(sites) or '-'})",
+        f"- Sites: {len(sites)} ({', '.join(_named(s, summary) for s in sites) or '-'})",
         f"- Rounds: {summary['rounds']}",
         f"- Strategy: {summary['strategy']}",
         f"- Dropped replies: {', '.join(summary['dropped']) or 'none'}; "
@@ -295,7 +301,11 @@ def render_model_card(
         "",
         f"Evaluated: {head['label']}. {_fmt(head['before'])} before training, "
         f"{_fmt(head['final'])} after the last round (best {_fmt(head['best'])})"
-        + (f"; worst site {worst['node']}: {_fmt(worst['accuracy'])}" if worst else "")
+        + (
+            f"; worst site {worst.get('name', worst['node'])}: {_fmt(worst['accuracy'])}"
+            if worst
+            else ""
+        )
         + (
             f"; sites' own validation accuracy {_fmt(summary['fed_eval_accuracy_final'])}."
             if head["metric"] == "heldout_accuracy"

@@ -89,7 +89,8 @@ def test_site_figures_match_a_direct_evaluation_and_the_coordinator_aggregates_t
     direct = {}
     for node, reply in zip(NODES, replies, strict=True):
         assert not reply.has_error(), reply.error
-        assert list(reply.content) == [contract.METRICS]  # scalars only, no arrays
+        # scalars and the site's name only, no arrays
+        assert list(reply.content) == [contract.METRICS, contract.SITE]
         sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
         val = _site(node).val
         expected = evaluate(model, processor, val)
@@ -131,11 +132,19 @@ def test_site_figures_match_a_direct_evaluation_and_the_coordinator_aggregates_t
         sum(s.examples * s.loss for s in direct.values()) / total, rel=1e-5
     )
     worst = min(accuracies, key=accuracies.get)
-    assert block["worst_site"] == {"node": worst, "accuracy": pytest.approx(accuracies[worst])}
+    assert block["worst_site"] == {
+        "node": worst,
+        "name": f"site-{NODES[int(worst)]}",
+        "accuracy": pytest.approx(accuracies[worst]),
+    }
     assert block["fairness_gap"] == pytest.approx(
         max(accuracies.values()) - min(accuracies.values())
     )
     assert set(block["sites"]) == set(accuracies) and block["failed"] == []
+    # Sites are named as simulation names them (site-<partition>), node ids kept as keys.
+    assert {n: s["name"] for n, s in block["sites"].items()} == {
+        str(node): f"site-{partition}" for node, partition in NODES.items()
+    }
     pooled = block["by_type"]
     for t, entry in pooled.items():
         pairs = [s.by_type[t] for s in direct.values() if t in s.by_type]
@@ -155,8 +164,9 @@ def test_worst_site_and_gap_from_known_replies_and_an_error_reply_is_listed_as_f
     )
     block = round_block([reply(1, 10, 0.9), reply(2, 30, 0.5), reply(3, 60, 0.7), failed])
     assert block["weighted_accuracy"] == pytest.approx((9 + 15 + 42) / 100)
-    assert block["worst_site"] == {"node": "2", "accuracy": 0.5}
-    assert block["best_site"] == {"node": "1", "accuracy": 0.9}
+    # No name in a reply (an older site): the node id stands in for it.
+    assert block["worst_site"] == {"node": "2", "name": "2", "accuracy": 0.5}
+    assert block["best_site"] == {"node": "1", "name": "1", "accuracy": 0.9}
     assert block["fairness_gap"] == pytest.approx(0.4)
     assert block["failed"] == ["4"]
 
@@ -199,7 +209,7 @@ def test_personalised_accuracy_is_computed_on_site_and_the_tuned_adapter_stays_t
     config = {**RUN_CONFIG, "eval-personalise-steps": 3}
     reply = _evaluate(global_adapter, 22, config)
     sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
-    assert list(reply.content) == [contract.METRICS]
+    assert list(reply.content) == [contract.METRICS, contract.SITE]
     model, processor = load_peft_model(RUN.base_model, RUN.lora)
     set_adapter_state(model, global_adapter)
     site = _site(22)
@@ -245,7 +255,7 @@ def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, globa
     context = Context(
         run_id=1,
         node_id=7,
-        node_config={"data-path": str(folder)},
+        node_config={"data-path": str(folder), contract.SITE_NAME: "hospital-a"},
         state=RecordDict(),
         run_config=RUN_CONFIG,
     )
@@ -285,4 +295,5 @@ def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, globa
         "weighted_accuracy": pytest.approx(expected.accuracy),
     }
     assert block["sites"]["7"]["test"]["n"] == 5
+    assert block["sites"]["7"]["name"] == block["worst_site"]["name"] == "hospital-a"
     assert block["sites"]["7"]["examples"] == 4  # validation figures hold no test example

@@ -1,4 +1,4 @@
-"""The launchers' checks and the Flower command lines they build; one slow test starts a SuperLink."""
+"""The launchers' checks and the Flower command lines they build (one slow test starts one)."""
 
 import contextlib
 import json
@@ -138,10 +138,10 @@ def test_check_data_names_file_and_line(tmp_path, capsys):
 
     metadata = folder / "metadata.jsonl"
     lines = metadata.read_text().splitlines()
-    lines[1] = lines[1].replace('"split": "train"', '"split": "test"')
+    lines[1] = lines[1].replace('"split": "train"', '"split": "holdout"')
     metadata.write_text("\n".join(lines) + "\n")
     assert main(["check-data", str(folder)]) == 2
-    assert "metadata.jsonl:2: split must be one of train, validation" in capsys.readouterr().err
+    assert "metadata.jsonl:2: split must be one of train, validation, test, val" in capsys.readouterr().err
 
 
 def _serve_once(listener: socket.socket, tls: ssl.SSLContext | None) -> None:

@@ -141,7 +141,8 @@ def test_check_data_names_file_and_line(tmp_path, capsys):
     lines[1] = lines[1].replace('"split": "train"', '"split": "holdout"')
     metadata.write_text("\n".join(lines) + "\n")
     assert main(["check-data", str(folder)]) == 2
-    assert "metadata.jsonl:2: split must be one of train, validation, test, val" in capsys.readouterr().err
+    expected = "metadata.jsonl:2: split must be one of train, validation, test, val"
+    assert expected in capsys.readouterr().err
 
 
 def _serve_once(listener: socket.socket, tls: ssl.SSLContext | None) -> None:

@@ -85,6 +85,8 @@ def _node(args: argparse.Namespace) -> int:
 
     settings = parse_pairs(args.node_config, "--node-config")
     settings.setdefault("torch-threads", args.torch_threads)
+    if args.private_key:  # the name the site registered under (`fedvlm credentials --site`)
+        settings.setdefault("site-name", Path(args.private_key).stem)
     options = NodeOptions(
         superlink=args.superlink,
         data_path=Path(args.data).expanduser().resolve(),

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.dp import protect_update, train_with_privacy
@@ -38,7 +38,7 @@ from fedvlm.config import NodeSettings, RunSettings, read
 from fedvlm.contract.eval_keys import PERSONALISED_ACCURACY, PERSONALISED_LOSS, PERSONALISED_STEPS
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
-from fedvlm.site_metrics import EvalSettings, personalised, site_metrics
+from fedvlm.site_metrics import EvalSettings, personalised, site_metrics, test_metrics
 from fedvlm.vlm import load_peft_model
 from privacy.settings import PrivacySettings
 from privacy.site_account import SiteRefusalError, refusal_reply
@@ -61,6 +61,23 @@ def _prepare(msg: Message, context: Context):
     start = truncate(global_adapter, lora.rank)  # the site's first components of the global
     set_adapter_state(model, start)
     return run, site, model, processor, global_adapter, start
+
+
+def site_name(context: Context) -> str:
+    """The name this site goes by: its `site-name` node config, else `site-<partition>`.
+
+    A node id is Flower's random handle, unreadable to a hospital; the name travels in each
+    reply so the coordinator's console, ledger, report and card can say who is who.
+    """
+    name = context.node_config.get(contract.SITE_NAME)
+    if name:
+        return str(name)
+    partition = context.node_config.get("partition-id")
+    return f"site-{partition}" if partition is not None else f"node-{context.node_id}"
+
+
+def _site_record(context: Context) -> ConfigRecord:
+    return ConfigRecord({contract.SITE_NAME: site_name(context)})
 
 
 def _meter(context: Context) -> EnergyMeter:
@@ -133,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
         {
             contract.ARRAYS: adapter_to_arrayrecord(update),
             contract.METRICS: MetricRecord({**metrics, **reading_to_metrics(energy.reading)}),
+            contract.SITE: _site_record(context),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -141,6 +159,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global adapter on this site's own validation split (scalars only).
+
+    A site whose folder has a ``test`` split also scores it, under separate keys.
 
     Per question type and per subgroup (small subgroups suppressed, fedvlm/site_metrics.py);
     with `eval-personalise-steps` also after that many local steps, whose adapter stays here.
@@ -157,6 +177,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
             fields=settings.subgroup_fields,
             min_subgroup=settings.min_subgroup,
         )
+        metrics.update(test_metrics(model, processor, site.test))
         if settings.personalise_steps:
             tuned = personalised(
                 model,
@@ -172,7 +193,10 @@ def evaluate_global(msg: Message, context: Context) -> Message:
             metrics[PERSONALISED_LOSS] = tuned.loss
             metrics[PERSONALISED_STEPS] = settings.personalise_steps
     metrics.update(reading_to_metrics(energy.reading))
-    return Message(content=RecordDict({contract.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict(
+        {contract.METRICS: MetricRecord(metrics), contract.SITE: _site_record(context)}
+    )
+    return Message(content=content, reply_to=msg)
 
 
 register_secure_aggregation(app, train_update, _meter)

@@ -30,6 +30,7 @@ from coordinator.report import build_report
 from coordinator.round_record import bytes_by_node, metric_by_node, node_energy
 from coordinator.run_folder import RunFolder
 from coordinator.secure_phase import secure_train_phase
+from coordinator.tracking import Tracker, TrackingSettings
 from coordinator.train_phase import plain_train_phase
 from fedvlm import contract
 from fedvlm.adapter import (
@@ -91,6 +92,15 @@ def main(grid: Grid, context: Context) -> None:
     # A `resume` run continues in the interrupted run's folder (coordinator/checkpoint.py).
     resumed = open_resumed(context.run_config)
     folder = RunFolder(resumed[0]) if resumed else RunFolder.create(run, dict(context.run_config))
+    # Optional mirror of every ledger figure in TensorBoard / MLflow (coordinator/tracking.py).
+    tracker = Tracker(
+        TrackingSettings.from_config(context.run_config), folder.path, folder.path.name
+    )
+
+    def record(row: dict) -> None:
+        append_round(folder.path, row)
+        tracker.log_round(row)
+
     node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
     # A held-out folder, the synthetic set (synthetic sites only), or None: then the
@@ -161,7 +171,7 @@ def main(grid: Grid, context: Context) -> None:
                 strategy, grid, 0, adapter_to_arrayrecord(global_adapter), run.round_timeout
             )
             first.update(fed_eval_accuracy=site_eval.get("weighted_accuracy"), site_eval=site_eval)
-        append_round(folder.path, first)
+        record(first)
     else:  # continue after the last checkpointed round, RNGs and strategy state as they were
         checkpoint = resumed[1]
         global_adapter = checkpoint.adapter
@@ -195,7 +205,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         except BudgetExhaustedError as spent:  # nothing was released this round: stop here
             stop = {"round": server_round, "sites": [], "stopped": str(spent)}
-            append_round(folder.path, {**stop, "privacy": guard.ledger_block()})
+            record({**stop, "privacy": guard.ledger_block()})
             print(f"fedvlm: privacy budget exhausted, run ends: {spent}", flush=True)
             break
         except RoundFailedError as failed:  # on record before the run stops (resumable)
@@ -248,6 +258,8 @@ def main(grid: Grid, context: Context) -> None:
                 for m in trained.replies
                 if m.metadata.src_node_id not in refused
             ),
+            # Node id -> the site's own name (fedvlm.contract.SITE_NAME): the reader's view.
+            "site_names": site_evaluation.site_names([*trained.replies, *eval_replies]),
             "dropped": trained.dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
             "train_loss": None
@@ -272,7 +284,7 @@ def main(grid: Grid, context: Context) -> None:
             "seconds": time.perf_counter() - started,
             "privacy": guard.ledger_block(),
         }
-        append_round(folder.path, row)
+        record(row)
         save_checkpoint(
             folder.path,
             server_round,
@@ -283,6 +295,7 @@ def main(grid: Grid, context: Context) -> None:
         )
         print(console.row_line(row, run.num_rounds), flush=True)
 
+    tracker.close()
     folder.save_adapter(model)
     report = build_report(folder.path)  # plots, model card and report.html, from the ledger
     print(

@@ -132,6 +132,12 @@ def _glance(run: RunRecord, summary: Mapping[str, Any]) -> str:
     return _table([], [[k, _fmt(v)] for k, v in rows]).replace("<table>", "<table class=kv>")
 
 
+def _site_label(node: str, entry: dict[str, Any]) -> str:
+    """A site by the name it sent, its node id second (``hospital-a (node 1722...)``)."""
+    name = entry.get("name")
+    return f"{name} (node {node})" if name and name != node else f"site {node}"
+
+
 def _sites(rows: list[dict[str, Any]]) -> str:
     """The last evaluated round: each site, per type, per subgroup (suppressed as such)."""
     evaluated = site_rows(rows)
@@ -141,16 +147,23 @@ def _sites(rows: list[dict[str, Any]]) -> str:
     block = last["site_eval"]
     sites = block["sites"]
     tuned = any("personalised_accuracy" in s for s in sites.values())
-    header = ["site", "examples", "accuracy", "loss"] + (["personalised acc."] if tuned else [])
+    tested = "test" in block  # sites' test splits, reported apart from validation
+    header = (
+        ["site", "examples", "accuracy", "loss"]
+        + (["personalised acc."] if tuned else [])
+        + (["test examples", "test acc."] if tested else [])
+    )
     table = [
-        [f"site {node}", s["examples"], _fmt(s["accuracy"]), _fmt(s["loss"])]
+        [_site_label(node, s), s["examples"], _fmt(s["accuracy"]), _fmt(s["loss"])]
         + ([_fmt(s.get("personalised_accuracy"))] if tuned else [])
+        + ([s.get("test", {}).get("n", 0), _fmt(s.get("test", {}).get("accuracy"))] * tested)
         for node, s in sites.items()
     ]
     worst = {list(sites).index(block["worst_site"]["node"])}
+    worst_label = escape(_site_label(block["worst_site"]["node"], block["worst_site"]))
     parts = [
         f"<p>Round {last['round']}: example-weighted mean <b>{_fmt(block['weighted_accuracy'])}"
-        f"</b>, worst site <b>site {escape(block['worst_site']['node'])}</b> at "
+        f"</b>, worst site <b>{worst_label}</b> at "
         f"{_fmt(block['worst_site']['accuracy'])}, fairness gap "
         f"<b>{_fmt(block['fairness_gap'])}</b>"
         + (f"; failed: {escape(', '.join(block['failed']))}" if block["failed"] else "")

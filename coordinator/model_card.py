@@ -1,9 +1,11 @@
 """The Hugging Face model card (`adapter/README.md`) of a run, written from its ledger.
 
-The YAML front matter follows the Hub's model-card metadata (`base_model`, `library_name`,
-`tags`, `co2_eq_emissions`, `model-index`), so the Hub shows the carbon and the results; the
-body says in plain words what the privacy guarantee means, who took part, how well it does and
-how each energy figure was obtained, estimates named as estimates.
+The metadata is built with `huggingface_hub`'s `ModelCardData` and `EvalResult` (`base_model`,
+`library_name`, `tags`, `co2_eq_emissions`, `model-index`), so the Hub shows the carbon and the
+results; `base_model` names a loadable model (a hub id, or the local folder of a folder or of
+the embedded base) and the "Use" snippet loads the adapter as written. The body says in plain
+words what the privacy guarantee means, who took part, how well it does and how each energy
+figure was obtained, estimates named as estimates.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from fedvlm.energy import DEFAULT_NETWORK_KWH_PER_GB, method_from_label
 from fedvlm.ledger_schema import (
@@ -23,6 +25,7 @@ from fedvlm.ledger_schema import (
     privacy_entries,
     summarize,
 )
+from fedvlm.vlm import EMBEDDED, resolve_model_path
 
 ADAPTER_DIR = "adapter"
 CARD_NAME = "README.md"
@@ -38,6 +41,12 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def _site_name(part: str) -> str:
     return part if part in (COORDINATOR, NETWORK) else f"site {part}"
+
+
+def _named(node: str, summary: dict[str, Any]) -> str:
+    """A site by the name it sent, its node id second."""
+    name = summary.get("site_names", {}).get(node)
+    return f"{name} (node {node})" if name and name != node else node
 
 
 def _method_kind(label: str) -> str:
@@ -95,7 +104,30 @@ OUTSIDE_THE_GUARANTEE = [
 ]
 
 
-def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def loadable_base(name: str) -> str:
+    """What `from_pretrained` loads for the run's base: a hub id as is, else the local folder.
+
+    The embedded base has no hub id; its committed folder is what loads it (the same one
+    `fedvlm.vlm.load_base("embedded")` reads), so the card never names "embedded".
+    """
+    if name == EMBEDDED or Path(name).expanduser().is_dir():
+        return str(Path(resolve_model_path(name)).resolve())
+    return name
+
+
+def _eval_result(dataset: str, dataset_type: str, value: float, name: str) -> EvalResult:
+    return EvalResult(
+        task_type="visual-question-answering",
+        task_name="Visual question answering",
+        dataset_type=dataset_type,
+        dataset_name=dataset,
+        metric_type="accuracy",
+        metric_value=value,
+        metric_name=name,
+    )
+
+
+def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> ModelCardData:
     energy = summary["energy"]
     locations = "; ".join(
         f"{_site_name(part)}: {source}" for part, source in energy["intensity_sources"].items()
@@ -109,44 +141,40 @@ def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     if head["metric"] == "heldout_accuracy":
         source = head["evaluated_on"]
         results.append(
-            {
-                "task": {"type": "visual-question-answering", "name": "Visual question answering"},
-                "dataset": {
-                    "name": source.get("path") or "synthetic radiograph held-out set",
-                    "type": "imagefolder" if source.get("kind") == "folder" else "synthetic",
-                },
-                "metrics": [
-                    {
-                        "type": "accuracy",
-                        "value": head["final"],
-                        "name": f"{head['label']} (final round)",
-                    }
-                ],
-            }
+            _eval_result(
+                source.get("path") or "synthetic radiograph held-out set",
+                "imagefolder" if source.get("kind") == "folder" else "synthetic",
+                head["final"],
+                f"{head['label']} (final round)",
+            )
         )
     if summary["fed_eval_accuracy_final"] is not None:
         results.append(
-            {
-                "task": {"type": "visual-question-answering", "name": "Visual question answering"},
-                "dataset": {"name": "sites' validation splits", "type": "federated"},
-                "metrics": [
-                    {
-                        "type": "accuracy",
-                        "value": summary["fed_eval_accuracy_final"],
-                        "name": "site validation accuracy (weighted mean, final round)",
-                    }
-                ],
-            }
+            _eval_result(
+                "sites' validation splits",
+                "federated",
+                summary["fed_eval_accuracy_final"],
+                "site validation accuracy (weighted mean, final round)",
+            )
+        )
+    if summary.get("test_accuracy_final") is not None:
+        results.append(
+            _eval_result(
+                "sites' test splits",
+                "federated",
+                summary["test_accuracy_final"],
+                "site test accuracy (weighted mean, final round)",
+            )
         )
     tags = ["federated-learning", "lora", "peft", "flower", "vision-language"]
     if summary["privacy"]:
         tags.append("differential-privacy")
-    data: dict[str, Any] = {
-        "base_model": summary["base_model"],
-        "library_name": "peft",
-        "pipeline_tag": "image-text-to-text",
-        "tags": tags,
-        "co2_eq_emissions": {
+    return ModelCardData(
+        base_model=loadable_base(summary["base_model"]),
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        tags=tags,
+        co2_eq_emissions={
             "emissions": energy["gco2e"],
             "source": (
                 "codecarbon OfflineEmissionsTracker (process mode) at each site and the "
@@ -156,10 +184,9 @@ def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             "geographical_location": locations or "not recorded",
             "hardware_used": meta.get("hardware") or "not recorded",
         },
-    }
-    if results:
-        data["model-index"] = [{"name": summary["run_id"], "results": results}]
-    return data
+        model_name=summary["run_id"] if results else None,
+        eval_results=results or None,
+    )
 
 
 def _round_table(rows: list[dict[str, Any]], private: bool) -> list[str]:
@@ -228,9 +255,23 @@ def _energy_section(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict) -> str:
-    """The card's text: YAML front matter, then the Markdown body."""
-    front = yaml.safe_dump(_metadata(summary, meta), sort_keys=False, allow_unicode=True)
+def use_snippet(base_model: str, adapter_dir: Path) -> list[str]:
+    """Python that loads the base, its processor and this adapter, runnable as written."""
+    return [
+        "from peft import PeftModel",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'base = AutoModelForImageTextToText.from_pretrained("{base_model}")',
+        f'processor = AutoProcessor.from_pretrained("{base_model}")',
+        f'model = PeftModel.from_pretrained(base, "{adapter_dir}").eval()',
+    ]
+
+
+def render_model_card(
+    summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict, adapter_dir: Path
+) -> str:
+    """The card's text: YAML front matter (`ModelCardData`), then the Markdown body."""
+    data = _metadata(summary, meta)
     sites = summary["sites"]
     head = summary["headline"]
     worst = head["worst_site"]
@@ -247,7 +288,7 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
         "",
         "## Federation",
         "",
-        f"- Sites: {len(sites)} ({', '.join(sites) or '-'})",
+        f"- Sites: {len(sites)} ({', '.join(_named(s, summary) for s in sites) or '-'})",
         f"- Rounds: {summary['rounds']}",
         f"- Strategy: {summary['strategy']}",
         f"- Dropped replies: {', '.join(summary['dropped']) or 'none'}; "
@@ -260,7 +301,11 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
         "",
         f"Evaluated: {head['label']}. {_fmt(head['before'])} before training, "
         f"{_fmt(head['final'])} after the last round (best {_fmt(head['best'])})"
-        + (f"; worst site {worst['node']}: {_fmt(worst['accuracy'])}" if worst else "")
+        + (
+            f"; worst site {worst.get('name', worst['node'])}: {_fmt(worst['accuracy'])}"
+            if worst
+            else ""
+        )
         + (
             f"; sites' own validation accuracy {_fmt(summary['fed_eval_accuracy_final'])}."
             if head["metric"] == "heldout_accuracy"
@@ -276,24 +321,22 @@ def render_model_card(summary: dict[str, Any], rows: list[dict[str, Any]], meta:
         "## Use",
         "",
         "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForImageTextToText",
-        "",
-        f'base = AutoModelForImageTextToText.from_pretrained("{summary["base_model"]}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/adapter")',
+        *use_snippet(data.base_model, adapter_dir),
         "```",
+        "",
+        "(`fedvlm.vlm.load_base` loads the same base with fedvlm's device and dtype choices.)",
         "",
         "Plots: `../plots/` (accuracy, privacy, cumulative energy and carbon, bytes).",
         "",
     ]
-    return f"---\n{front}---\n\n" + "\n".join(body)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
 
 def write_model_card(run: RunRecord, summary: dict[str, Any]) -> Path:
     """Write `adapter/README.md` for a loaded run; return its path."""
     path = run.path / ADAPTER_DIR / CARD_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_model_card(summary, run.rows, run.meta))
+    path.write_text(render_model_card(summary, run.rows, run.meta, path.parent.resolve()))
     return path
 
 

@@ -27,6 +27,16 @@ def _weighted(pairs: Iterable[tuple[int, float]]) -> float | None:
     return math.fsum(n * v for n, v in pairs) / total if total else None
 
 
+def site_names(replies: Iterable[Message]) -> dict[str, str]:
+    """Node id -> the name each replying site sent (its node id when it sent none)."""
+    names = {}
+    for message in replies:
+        node = str(message.metadata.src_node_id)
+        record = None if message.has_error() else message.content.config_records.get(contract.SITE)
+        names[node] = str(record[contract.SITE_NAME]) if record else node
+    return dict(sorted(names.items()))
+
+
 def site_evaluations(replies: Iterable[Message]) -> tuple[dict[str, SiteEvaluation], list[str]]:
     """Each replying node's parsed evaluation, and the nodes whose reply was an error."""
     sites, failed = {}, []
@@ -59,10 +69,19 @@ def _pooled_subgroups(sites: Mapping[str, SiteEvaluation]) -> dict[str, dict[str
     return {k: dict(sorted(v.items())) for k, v in sorted(pooled.items())}
 
 
-def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> dict[str, Any]:
-    """The ledger's ``site_eval`` block of one round (JSON-ready)."""
+def evaluation_block(
+    sites: Mapping[str, SiteEvaluation],
+    failed: list[str],
+    names: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ledger's ``site_eval`` block of one round (JSON-ready), keyed by node id.
+
+    Each site, and the worst and best, also carry the ``name`` the site sent (``names``).
+    """
+    names = names or {}
     per_site = {
         node: {
+            "name": names.get(node, node),
             "examples": s.examples,
             "accuracy": s.accuracy,
             "loss": s.loss,
@@ -74,6 +93,11 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
             **(
                 {"personalised_accuracy": s.personalised_accuracy}
                 if s.personalised_accuracy is not None
+                else {}
+            ),
+            **(
+                {"test": {"n": s.test_examples, "accuracy": s.test_accuracy, "loss": s.test_loss}}
+                if s.test_accuracy is not None
                 else {}
             ),
         }
@@ -89,8 +113,16 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
         {
             "weighted_accuracy": _weighted((s.examples, s.accuracy) for s in sites.values()),
             "weighted_loss": _weighted((s.examples, s.loss) for s in sites.values()),
-            "worst_site": {"node": worst, "accuracy": sites[worst].accuracy},
-            "best_site": {"node": best, "accuracy": sites[best].accuracy},
+            "worst_site": {
+                "node": worst,
+                "name": names.get(worst, worst),
+                "accuracy": sites[worst].accuracy,
+            },
+            "best_site": {
+                "node": best,
+                "name": names.get(best, best),
+                "accuracy": sites[best].accuracy,
+            },
             "fairness_gap": sites[best].accuracy - sites[worst].accuracy,
             "by_type": {
                 t: {
@@ -102,6 +134,13 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
             "subgroups": _pooled_subgroups(sites),
         }
     )
+    tested = [(s.test_examples, s.test_accuracy) for s in sites.values() if s.test_examples]
+    if tested:  # only the sites that hold a test split; never mixed into validation
+        block["test"] = {
+            "n": sum(n for n, _ in tested),
+            "sites": len(tested),
+            "weighted_accuracy": _weighted(tested),
+        }
     tuned = [(s.examples, s.personalised_accuracy) for s in sites.values()]
     if all(a is not None for _, a in tuned):
         block["personalised_weighted_accuracy"] = _weighted(tuned)
@@ -110,4 +149,5 @@ def evaluation_block(sites: Mapping[str, SiteEvaluation], failed: list[str]) -> 
 
 def round_block(replies: Iterable[Message]) -> dict[str, Any]:
     """Parse a round's evaluate replies into its ``site_eval`` ledger block."""
-    return evaluation_block(*site_evaluations(replies))
+    replies = list(replies)
+    return evaluation_block(*site_evaluations(replies), site_names(replies))

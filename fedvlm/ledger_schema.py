@@ -178,7 +178,7 @@ def headline_sentence(head: dict[str, Any]) -> str:
     text = f"{head['label']} {fmt(head['before'])} -> {fmt(head['final'])}"
     worst = head.get("worst_site")
     if worst:
-        text += f" (worst site {worst['node']}: {fmt(worst['accuracy'])})"
+        text += f" (worst site {worst.get('name', worst['node'])}: {fmt(worst['accuracy'])})"
     return text
 
 
@@ -201,6 +201,8 @@ def summarize(run: RunRecord) -> dict[str, Any]:
         "ended": meta.get("ended"),
         "rounds": max((r["round"] for r in trained), default=0),
         "sites": sites,
+        # Node id -> the name each site sent (the latest one), for every display of a site.
+        "site_names": {n: name for r in rows for n, name in (r.get("site_names") or {}).items()},
         "dropped": sorted({str(s) for r in rows for s in r.get("dropped", [])}),
         "rejected": sum(len(r.get("rejected", [])) for r in rows),
         "heldout_accuracy_before": rows[0].get("heldout_accuracy")
@@ -213,6 +215,15 @@ def summarize(run: RunRecord) -> dict[str, Any]:
                 r["fed_eval_accuracy"]
                 for r in reversed(rows)
                 if r.get("fed_eval_accuracy") is not None
+            ),
+            None,
+        ),
+        # Sites' test splits, never trained on: reported apart, never part of the headline.
+        "test_accuracy_final": next(
+            (
+                r["site_eval"]["test"]["weighted_accuracy"]
+                for r in reversed(rows)
+                if (r.get("site_eval") or {}).get("test")
             ),
             None,
         ),

@@ -37,6 +37,9 @@ from fedvlm.contract.eval_keys import (
     GROUP_N,
     PERSONALISED_ACCURACY,
     PERSONALISED_LOSS,
+    TEST_ACCURACY,
+    TEST_EXAMPLES,
+    TEST_LOSS,
     TYPE_ACC,
     TYPE_N,
 )
@@ -158,6 +161,20 @@ def site_metrics(
     return metrics
 
 
+def test_metrics(
+    model: PreTrainedModel, processor: ProcessorMixin, examples: Sequence[VQAExample]
+) -> dict[str, float | int]:
+    """The scalars a site sends about its test split; nothing when it has none.
+
+    Kept under their own keys so the coordinator never mixes them into validation figures
+    (which choose and compare runs) and can report the test split on its own.
+    """
+    if not examples:
+        return {}
+    stats = evaluate(model, processor, examples)
+    return {TEST_EXAMPLES: stats.examples, TEST_LOSS: stats.loss, TEST_ACCURACY: stats.accuracy}
+
+
 def personalised(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -194,6 +211,9 @@ class SiteEvaluation:
     subgroups: dict[str, dict[str, tuple[int, float | None]]] = field(default_factory=dict)
     personalised_accuracy: float | None = None
     personalised_loss: float | None = None
+    test_examples: int = 0
+    test_accuracy: float | None = None
+    test_loss: float | None = None
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, float | int]) -> SiteEvaluation:
@@ -222,4 +242,7 @@ class SiteEvaluation:
             personalised_loss=None
             if optional[PERSONALISED_LOSS] is None
             else float(optional[PERSONALISED_LOSS]),
+            test_examples=int(metrics.get(TEST_EXAMPLES, 0)),
+            test_accuracy=float(metrics[TEST_ACCURACY]) if TEST_ACCURACY in metrics else None,
+            test_loss=float(metrics[TEST_LOSS]) if TEST_LOSS in metrics else None,
         )

@@ -279,7 +279,7 @@ def test_imagefolder_round_trip(tmp_path):
             assert r.image.mode == "RGB"
             assert np.array_equal(np.asarray(w.image), np.asarray(r.image))
     summary = validate_imagefolder(folder)
-    assert summary["splits"] == {"train": 6, "validation": 3}
+    assert summary["splits"] == {"train": 6, "validation": 3, "test": 0}
     assert summary["attributes"] == {
         "lesion_count": sorted({e.attributes["lesion_count"] for e in train + val})
     }
@@ -390,8 +390,34 @@ def test_path_escape(tmp_path):
 
 def test_bad_split_value(tmp_path):
     folder = _write_site(tmp_path)
-    _break(folder, 1, {**_first_record(folder), "split": "test"})
-    _assert_fails(folder, f"{folder / METADATA}:1:", "split must be one of train, validation")
+    _break(folder, 1, {**_first_record(folder), "split": "holdout"})
+    _assert_fails(
+        folder, f"{folder / METADATA}:1:", "split must be one of train, validation, test, val"
+    )
+
+
+def test_val_is_validation_and_test_is_kept_apart(tmp_path):
+    """``val`` reads as validation; ``test`` rows land in neither train nor validation."""
+    folder = _write_site(tmp_path)
+    records = [json.loads(line) for line in (folder / METADATA).read_text().splitlines()]
+    records[-1]["split"] = "val"  # one of the 3 validation rows, spelled the short way
+    records[0]["split"] = records[1]["split"] = "test"  # two of the 6 train rows
+    (folder / METADATA).write_text("\n".join(map(json.dumps, records)) + "\n")
+    site = load_imagefolder(folder)
+    questions = [(r["file_name"], r["question"]) for r in records]
+    assert len(site.train) == 4 and len(site.val) == 3 and len(site.test) == 2
+    assert [e.question for e in site.test] == [q for _, q in questions[:2]]
+    assert validate_imagefolder(folder)["splits"] == {"train": 4, "validation": 3, "test": 2}
+    assert site.description["n_test"] == 2
+
+
+def test_a_folder_of_only_train_and_test_still_needs_validation(tmp_path):
+    folder = _write_site(tmp_path)
+    records = [json.loads(line) for line in (folder / METADATA).read_text().splitlines()]
+    for record in records:
+        record["split"] = "test" if record["split"] == "validation" else record["split"]
+    (folder / METADATA).write_text("\n".join(map(json.dumps, records)) + "\n")
+    _assert_fails(folder, "split 'validation' has no examples")
 
 
 def test_empty_split(tmp_path):

@@ -149,7 +149,8 @@ def test_no_explanation_reaches_a_reply(site_folder, adapter_dir, tmp_path, serv
         == 0
     )
     after = reply()
-    assert list(after.content) == [contract.METRICS]  # scalars only: no arrays, no configs
+    # scalars and the site's name only: no arrays
+    assert list(after.content) == [contract.METRICS, contract.SITE]
     metrics = dict(after.content[contract.METRICS])
 
     def scored(record) -> dict:  # energy-* are the meter's timings, different every call

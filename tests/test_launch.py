@@ -1,9 +1,12 @@
-"""The launchers' checks and the Flower command lines they build (no process started)."""
+"""The launchers' checks and the Flower command lines they build (one slow test starts one)."""
 
 import contextlib
+import json
+import os
 import shlex
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,11 +19,18 @@ from client.launch import (
     refuse_tls_link_when_insecure,
     supernode_command,
 )
-from coordinator.launch import CoordinatorOptions, superlink_command, with_run_folder
+from coordinator.launch import (
+    CONNECTION,
+    CoordinatorOptions,
+    running_superlink,
+    superlink_command,
+    with_run_folder,
+)
 from fedvlm.credentials import make_credentials
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import FedVLMError
+from fedvlm.processes import flower_executable, free_port
 
 
 @pytest.fixture
@@ -128,10 +138,11 @@ def test_check_data_names_file_and_line(tmp_path, capsys):
 
     metadata = folder / "metadata.jsonl"
     lines = metadata.read_text().splitlines()
-    lines[1] = lines[1].replace('"split": "train"', '"split": "test"')
+    lines[1] = lines[1].replace('"split": "train"', '"split": "holdout"')
     metadata.write_text("\n".join(lines) + "\n")
     assert main(["check-data", str(folder)]) == 2
-    assert "metadata.jsonl:2: split must be one of train, validation" in capsys.readouterr().err
+    expected = "metadata.jsonl:2: split must be one of train, validation, test, val"
+    assert expected in capsys.readouterr().err
 
 
 def _serve_once(listener: socket.socket, tls: ssl.SSLContext | None) -> None:
@@ -160,3 +171,27 @@ def test_an_insecure_node_stops_at_once_against_a_tls_superlink(creds, speaks_tl
         else:
             refuse_tls_link_when_insecure(address, timeout=2.0)  # plain link: the node goes on
         server.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_flwr_ls_reaches_the_coordinators_superlink_through_its_profile(creds, tmp_path):
+    """README's `FLWR_HOME=<state-dir>/flwr-home flwr ls fedvlm-deployment`, run as written."""
+    options = CoordinatorOptions(
+        credentials=creds.folder,
+        site_keys=[creds.site_keys["a"][1]],
+        state_dir=tmp_path / "superlink-state",
+        host="127.0.0.1",
+        port=free_port(),
+    )
+    with running_superlink(options):
+        env = {**os.environ, "FLWR_HOME": str(options.state_dir / "flwr-home")}
+        done = subprocess.run(
+            [flower_executable("flwr"), "ls", CONNECTION, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = json.loads(done.stdout[done.stdout.index("{") :])
+    assert listed["success"] is True and listed["runs"] == []  # reached it; no run yet

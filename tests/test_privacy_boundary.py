@@ -26,7 +26,7 @@ from flwr.app import (
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client import app as client_app
-from client.app import app
+from client.app import app, site_name
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
 from fedvlm.config import RunSettings
@@ -145,8 +145,8 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
     assert sent[2].has_error()
     train_reply, eval_reply, _ = sent
     assert train_reply.metadata.message_type == MessageType.TRAIN
-    assert set(train_reply.content) == {contract.ARRAYS, contract.METRICS}
-    assert set(eval_reply.content) == {contract.METRICS}
+    assert set(train_reply.content) == {contract.ARRAYS, contract.METRICS, contract.SITE}
+    assert set(eval_reply.content) == {contract.METRICS, contract.SITE}
 
     update = train_reply.content[contract.ARRAYS]
     assert list(update) == list(expected)  # exactly the adapter's names, in order
@@ -162,7 +162,11 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
         if message.has_error():
             continue
         for name, record in message.content.items():
-            # No ConfigRecord (the only record that can hold strings) ever leaves a site.
+            # The one ConfigRecord (the only record that can hold strings) that leaves a site
+            # holds its operator-given name alone, nothing read from its data.
+            if name == contract.SITE:
+                assert dict(record) == {contract.SITE_NAME: site_name(context)}
+                continue
             assert isinstance(record, ArrayRecord | MetricRecord), (name, type(record))
             if isinstance(record, MetricRecord):
                 for key, value in record.items():

@@ -26,6 +26,9 @@ def test_smoke_federation_writes_a_loadable_run_folder(tmp_path):
         assert row["bytes_up"] > 0 and row["bytes_down"] > 0
         assert 0.0 <= row["heldout_accuracy"] <= 1.0
         assert list(row["peak_gpu_mb"].values()) == [0.0, 0.0]  # both sites, on CPU
+        # Each site's own name came through Flower's engine, keyed by its node id.
+        assert sorted(row["site_names"].values()) == ["site-0", "site-1"]
+        assert set(row["site_names"]) == {str(s) for s in row["sites"]}
     with open(run_dir / "ledger.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert [int(r["round"]) for r in csv_rows] == [r["round"] for r in rows]

@@ -18,7 +18,16 @@ from coordinator.site_evaluation import round_block
 from fedvlm import contract
 from fedvlm.adapter import Adapter, adapter_to_arrayrecord, get_adapter_state, set_adapter_state
 from fedvlm.config import NodeSettings, RunSettings
-from fedvlm.contract.eval_keys import GROUP_ACC, GROUP_N, PERSONALISED_ACCURACY, TYPE_ACC, TYPE_N
+from fedvlm.contract.eval_keys import (
+    GROUP_ACC,
+    GROUP_N,
+    PERSONALISED_ACCURACY,
+    TEST_ACCURACY,
+    TEST_EXAMPLES,
+    TYPE_ACC,
+    TYPE_N,
+)
+from fedvlm.data import load_imagefolder, make_examples, write_imagefolder
 from fedvlm.data.example import VQAExample
 from fedvlm.errors import ConfigError
 from fedvlm.site_metrics import (
@@ -86,7 +95,8 @@ def test_site_figures_match_a_direct_evaluation_and_the_coordinator_aggregates_t
     direct = {}
     for node, reply in zip(NODES, replies, strict=True):
         assert not reply.has_error(), reply.error
-        assert list(reply.content) == [contract.METRICS]  # scalars only, no arrays
+        # scalars and the site's name only, no arrays
+        assert list(reply.content) == [contract.METRICS, contract.SITE]
         sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
         val = _site(node).val
         expected = evaluate(model, processor, val)
@@ -128,11 +138,19 @@ def test_site_figures_match_a_direct_evaluation_and_the_coordinator_aggregates_t
         sum(s.examples * s.loss for s in direct.values()) / total, rel=1e-5
     )
     worst = min(accuracies, key=accuracies.get)
-    assert block["worst_site"] == {"node": worst, "accuracy": pytest.approx(accuracies[worst])}
+    assert block["worst_site"] == {
+        "node": worst,
+        "name": f"site-{NODES[int(worst)]}",
+        "accuracy": pytest.approx(accuracies[worst]),
+    }
     assert block["fairness_gap"] == pytest.approx(
         max(accuracies.values()) - min(accuracies.values())
     )
     assert set(block["sites"]) == set(accuracies) and block["failed"] == []
+    # Sites are named as simulation names them (site-<partition>), node ids kept as keys.
+    assert {n: s["name"] for n, s in block["sites"].items()} == {
+        str(node): f"site-{partition}" for node, partition in NODES.items()
+    }
     pooled = block["by_type"]
     for t, entry in pooled.items():
         pairs = [s.by_type[t] for s in direct.values() if t in s.by_type]
@@ -152,8 +170,9 @@ def test_worst_site_and_gap_from_known_replies_and_an_error_reply_is_listed_as_f
     )
     block = round_block([reply(1, 10, 0.9), reply(2, 30, 0.5), reply(3, 60, 0.7), failed])
     assert block["weighted_accuracy"] == pytest.approx((9 + 15 + 42) / 100)
-    assert block["worst_site"] == {"node": "2", "accuracy": 0.5}
-    assert block["best_site"] == {"node": "1", "accuracy": 0.9}
+    # No name in a reply (an older site): the node id stands in for it.
+    assert block["worst_site"] == {"node": "2", "name": "2", "accuracy": 0.5}
+    assert block["best_site"] == {"node": "1", "name": "1", "accuracy": 0.9}
     assert block["fairness_gap"] == pytest.approx(0.4)
     assert block["failed"] == ["4"]
 
@@ -231,7 +250,7 @@ def test_personalised_accuracy_is_computed_on_site_and_the_tuned_adapter_stays_t
     config = {**RUN_CONFIG, "eval-personalise-steps": 3}
     reply = _evaluate(global_adapter, 22, config)
     sent = SiteEvaluation.from_metrics(reply.content[contract.METRICS])
-    assert list(reply.content) == [contract.METRICS]
+    assert list(reply.content) == [contract.METRICS, contract.SITE]
     model, processor = load_peft_model(RUN.base_model, RUN.lora)
     set_adapter_state(model, global_adapter)
     site = _site(22)
@@ -257,3 +276,65 @@ def test_evaluation_settings_are_validated_naming_the_key():
         EvalSettings.from_config({"eval-min-subgroup": 0})
     with pytest.raises(ConfigError, match="eval-personalise-steps"):
         EvalSettings.from_config({"eval-personalise-steps": -1})
+
+
+def test_a_sites_test_split_is_scored_apart_and_never_trained_on(tmp_path, global_adapter):
+    """A deployed site with a ``test`` split: train counts only train, evaluate reports test apart.
+
+    Mutation checked: ``train=by_split["train"] + by_split["test"]`` in
+    fedvlm/data/imagefolder.py's load_imagefolder makes the ``num-examples`` assertion fail
+    (11 == 6).
+    """
+    folder = write_imagefolder(
+        {
+            "train": make_examples(6, seed=1, image_size=16),
+            "validation": make_examples(4, seed=2, image_size=16),
+            "test": make_examples(5, seed=3, image_size=16),
+        },
+        tmp_path / "site",
+    )
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"data-path": str(folder), contract.SITE_NAME: "hospital-a"},
+        state=RecordDict(),
+        run_config=RUN_CONFIG,
+    )
+
+    def send(message_type: str) -> Message:
+        content = RecordDict({contract.ARRAYS: adapter_to_arrayrecord(global_adapter)})
+        content[contract.CONFIG] = ConfigRecord(
+            {
+                contract.SERVER_ROUND: 1,
+                contract.LOCAL_STEPS: 1,
+                contract.LEARNING_RATE: 0.01,
+                contract.BATCH_SIZE: 4,
+                contract.SEED: 0,
+            }
+        )
+        message = Message(content, dst_node_id=7, message_type=message_type)
+        reply = over_the_wire(client_app.app(over_the_wire(message), context))
+        assert not reply.has_error(), reply.error
+        return reply
+
+    trained = send("train").content[contract.METRICS]
+    assert trained[contract.NUM_EXAMPLES] == 6  # the test split is not trained on
+    sent = send("evaluate").content[contract.METRICS]
+    site = load_imagefolder(folder)
+    model, processor = load_peft_model(RUN.base_model, RUN.lora)
+    set_adapter_state(model, global_adapter)
+    expected = evaluate(model, processor, site.test)
+    assert sent[contract.NUM_EXAMPLES] == 4 and sent[TEST_EXAMPLES] == 5
+    assert sent[TEST_ACCURACY] == pytest.approx(expected.accuracy)
+    validation = evaluate(model, processor, site.val)
+    assert sent[contract.EVAL_ACCURACY] == pytest.approx(validation.accuracy)
+
+    block = round_block([send("evaluate")])
+    assert block["test"] == {
+        "n": 5,
+        "sites": 1,
+        "weighted_accuracy": pytest.approx(expected.accuracy),
+    }
+    assert block["sites"]["7"]["test"]["n"] == 5
+    assert block["sites"]["7"]["name"] == block["worst_site"]["name"] == "hospital-a"
+    assert block["sites"]["7"]["examples"] == 4  # validation figures hold no test example

@@ -18,6 +18,12 @@ Client and coordinator code never spells a record key as a string literal;
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+SITE = "site"  # ConfigRecord of a train / evaluate reply naming the site (text: no MetricRecord)
+
+# Key of the reply's SITE record: the name the site goes by in console, ledger, report, card
+# (its `site-name` node config, which `fedvlm node --private-key <site>.key` sets to the name
+# it registered under with `fedvlm credentials --site`; `site-<partition>` in simulation).
+SITE_NAME = "site-name"
 
 # Keys of the train / evaluate MetricRecord (scalars only: nothing here may identify an image).
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key

@@ -13,3 +13,7 @@ GROUP_N = "eval-n/group/"
 PERSONALISED_ACCURACY = "eval-personalised-accuracy"
 PERSONALISED_LOSS = "eval-personalised-loss"
 PERSONALISED_STEPS = "eval-personalised-steps"
+# A site's test split (``split = "test"``): never trained on, scored apart from validation.
+TEST_EXAMPLES = "test-num-examples"
+TEST_LOSS = "test-loss"
+TEST_ACCURACY = "test-accuracy"

@@ -4,8 +4,11 @@ Layout: a folder of images plus ``metadata.jsonl``, one JSON object per line wit
 
 - ``file_name`` (required): image path relative to the folder, never leaving it;
 - ``question``, ``answer`` (required, non-empty strings);
-- ``split`` (optional): ``"train"`` or ``"validation"`` only; if no line has it, images are split
-  80/20 by a hash of their file name (all questions on one image land in the same split);
+- ``split`` (optional): ``"train"``, ``"validation"`` (also spelled ``"val"``, as torchvision and
+  many HF datasets do) or ``"test"``; if no line has it, images are split 80/20 between train and
+  validation by a hash of their file name (all questions on one image land in the same split).
+  A ``test`` example is never trained on: the site evaluates on it each round and reports it
+  apart from validation, so a held-back test set stays untouched by model selection;
 - ``question_type`` (optional): group for per-question-type accuracy;
 - any other field: a string subgroup attribute (``scanner``, ``sex``, ``age_band``...).
 
@@ -27,7 +30,9 @@ from fedvlm.data.site import SiteData
 from fedvlm.errors import DataError
 
 METADATA = "metadata.jsonl"
-SPLITS: tuple[str, ...] = ("train", "validation")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "validation")  # a site trains and validates
+SPLIT_ALIASES: dict[str, str] = {"val": "validation"}  # common spellings, read as the split
 REQUIRED_FIELDS: tuple[str, ...] = ("file_name", "question", "answer")
 RESERVED_FIELDS: tuple[str, ...] = (*REQUIRED_FIELDS, "split", "question_type")
 VALIDATION_PERCENT = 20  # share of images put in validation when no line has a split
@@ -62,6 +67,17 @@ def hash_split(file_name: str) -> str:
     return "validation" if bucket < VALIDATION_PERCENT else "train"
 
 
+def canonical_split(name: str) -> str | None:
+    """The split ``name`` stands for (``"val"`` -> ``"validation"``), or None if it is none."""
+    name = SPLIT_ALIASES.get(name, name)
+    return name if name in SPLITS else None
+
+
+def _spelled() -> str:
+    """The accepted split spellings, for error messages."""
+    return ", ".join((*SPLITS, *SPLIT_ALIASES))
+
+
 def _parse_line(text: str, where: str, line: int) -> tuple[_Row | None, list[str]]:
     """Check one metadata line; return the row, or ``None`` with the problems found."""
     line_text = text.rstrip("\r\n")
@@ -86,8 +102,10 @@ def _parse_line(text: str, where: str, line: int) -> tuple[_Row | None, list[str
         elif key in REQUIRED_FIELDS and not value.strip():
             problems.append(f"{where}: field '{key}' is empty")
     split = record.get("split")
-    if isinstance(split, str) and split not in SPLITS:
-        problems.append(f"{where}: split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if isinstance(split, str):
+        if canonical_split(split) is None:
+            problems.append(f"{where}: split must be one of {_spelled()}, got '{split}'")
+        split = canonical_split(split)
     if problems:
         return None, problems
     row = _Row(
@@ -125,7 +143,8 @@ def _scan(folder: str | Path, keep_images: bool, require_splits: bool = True) ->
     """Read and check a whole imagefolder; raise ``DataError`` listing the first problems.
 
     ``require_splits=False`` (a held-out folder: every example is evaluated) keeps every
-    per-line check but not the rule that train and validation each hold examples.
+    per-line check but not the rule that train and validation each hold examples (``test`` is
+    never required).
     """
     root = Path(folder).resolve()
     if not root.is_dir():
@@ -203,7 +222,7 @@ def _assign_splits(scan: _Scan, metadata: Path, require_splits: bool) -> None:
         )
         return
     sizes = Counter(row.split for row in scan.rows)
-    for split in SPLITS if require_splits else ():
+    for split in REQUIRED_SPLITS if require_splits else ():
         if not sizes[split]:
             scan.problems.append(f"{metadata}: split '{split}' has no examples")
 
@@ -289,11 +308,13 @@ def load_imagefolder(path: str | Path) -> SiteData:
     return SiteData(
         train=by_split["train"],
         val=by_split["validation"],
+        test=by_split["test"],
         name=root.name,
         description={
             "path": str(root),
             "n_train": len(by_split["train"]),
             "n_val": len(by_split["validation"]),
+            "n_test": len(by_split["test"]),
             "images": len({id(example.image) for _, example in rows}),
         },
     )

@@ -30,8 +30,11 @@ from fedvlm.config import SimulationSettings
 from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import (
     METADATA,
+    REQUIRED_SPLITS,
     RESERVED_FIELDS,
+    SPLIT_ALIASES,
     SPLITS,
+    canonical_split,
     hash_split,
     read_imagefolder,
     split_examples,
@@ -79,8 +82,9 @@ def _read_saved(root: Path) -> list[tuple[str, VQAExample]]:
     rows = []
     for name, table in parts:
         where = f"{root} split '{name}'" if name else str(root)
-        if name and name not in SPLITS:
-            raise DataError(f"{where}: splits must be among {', '.join(SPLITS)}")
+        if name and canonical_split(name) is None:
+            spelled = ", ".join((*SPLITS, *SPLIT_ALIASES))
+            raise DataError(f"{where}: splits must be among {spelled}")
         missing = [c for c in ("image", "question", "answer") if c not in table.column_names]
         if missing:
             raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
@@ -93,8 +97,8 @@ def _read_saved(root: Path) -> list[tuple[str, VQAExample]]:
                 isinstance(answer, str) and answer.strip()
             ):
                 raise DataError(f"{where}: row {number}: question and answer must be text")
-            split = name or record.get("split") or hash_split(f"row-{number}")
-            if split not in SPLITS:
+            split = canonical_split(name or record.get("split") or hash_split(f"row-{number}"))
+            if split is None:
                 raise DataError(f"{where}: row {number}: split must be one of {SPLITS}")
             try:
                 attributes = {c: _attribute(record[c], table.features[c]) for c in extra}
@@ -211,8 +215,8 @@ def partitioned_sites(sim: SimulationSettings, num_partitions: int, seed: int) -
             raise ConfigError("sim-partitioner", f"{sim.partitioner}: {err}") from None
         by_split = split_examples([rows[i] for i in indices])
         name = str(names.get(partition_id, f"partition-{partition_id}"))
-        for split, examples in by_split.items():
-            if not examples:
+        for split in REQUIRED_SPLITS:
+            if not by_split[split]:
                 raise DataError(
                     f"{sim.dataset}: site {partition_id} ({name}) of {num_partitions} by "
                     f"{sim.partitioner} has no {split} examples; use fewer sites or more data"
@@ -221,6 +225,7 @@ def partitioned_sites(sim: SimulationSettings, num_partitions: int, seed: int) -
             SiteData(
                 train=by_split["train"],
                 val=by_split["validation"],
+                test=by_split["test"],
                 name=name,
                 description={
                     "path": str(Path(sim.dataset).expanduser().resolve()),
@@ -228,6 +233,7 @@ def partitioned_sites(sim: SimulationSettings, num_partitions: int, seed: int) -
                     "partition_id": partition_id,
                     "n_train": len(by_split["train"]),
                     "n_val": len(by_split["validation"]),
+                    "n_test": len(by_split["test"]),
                 },
             )
         )

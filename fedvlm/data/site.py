@@ -1,4 +1,4 @@
-"""What one site holds: its own train and validation splits, plus a description to report."""
+"""What one site holds: its own train, validation and test splits, plus a description to report."""
 
 from dataclasses import dataclass, field
 
@@ -15,6 +15,9 @@ class SiteData:
         Examples the site trains on.
     val : list[VQAExample]
         The site's own validation split, drawn from the same distribution as ``train``.
+    test : list[VQAExample]
+        The site's test split (may be empty): never trained on, evaluated each round and
+        reported apart from ``val``, so it stays a test set a user can quote.
     name : str
         Human-readable site name for logs and reports.
     description : dict[str, str | int | float]
@@ -25,4 +28,5 @@ class SiteData:
     train: list[VQAExample]
     val: list[VQAExample]
     name: str
+    test: list[VQAExample] = field(default_factory=list)
     description: dict[str, str | int | float] = field(default_factory=dict)

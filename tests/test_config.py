@@ -3,7 +3,9 @@
 import pytest
 
 from fedvlm.config import NodeSettings, RunSettings
+from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import ConfigError
+from fedvlm.site_metrics import EvalSettings
 from simulations.scenario import Scenario, app_config_keys
 
 
@@ -70,3 +72,10 @@ def test_builtin_scenarios_load():
     default = Scenario.load("default")
     assert default.num_sites == 4
     assert default.run_config["num-server-rounds"] == 5
+
+
+def test_the_main_job_opts_into_a_subgroup_field_its_synthetic_sites_carry():
+    """Subgroup fields are opt-in: a misspelt field in the main job would silently report none."""
+    fields = EvalSettings.from_config(Scenario.load("default").run_config).subgroup_fields
+    site = synthetic_site(0, 4, n_train=2, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0)
+    assert fields and all(set(fields) <= set(e.attributes) for e in site.val)

@@ -244,3 +244,37 @@ def test_wrong_neighbours_or_unsigned_keys_are_refused():
         dropped_peer[key] = request[key][1:]
     with pytest.raises(CoordinatorMisbehaviourError, match="not my neighbours"):
         SecAggClient.from_state(run.states[0]).share_keys(dropped_peer)
+
+
+def _unmask_replies():
+    run = _paused_before(Stage.UNMASK)
+    requests = run.server.requests()
+    return run, requests, _answer(run, requests)
+
+
+def test_a_short_share_drops_its_sender_not_the_round():
+    """Mutation tried: removing the share-length check in ``_check_unmask`` makes
+    ``shamir.combine`` raise out of ``receive`` and this test fails."""
+    run, _, replies = _unmask_replies()
+    sender = next(c for c, r in replies.items() if r[messages.B_SHARES])
+    short = [s[:-1] for s in replies[sender][messages.B_SHARES]]
+    replies[sender] = dict(replies[sender], **{messages.B_SHARES: short})
+    run.server.receive(replies)
+    assert "bytes long" in run.server.rejected[sender]
+    result = run.server.result()
+    expected = sum(np.clip(_updates()[i], -1, 1).astype(np.float64) for i in result.survivors)
+    assert np.abs(result.weighted_sum - expected).max() <= CONFIG.step * len(result.survivors)
+
+
+def test_a_wrong_share_is_routed_around_and_recorded():
+    """Mutation tried: rebuilding from the first t shares only (the old ``_rebuild``) aborts
+    the round with RoundFailedError and this test fails."""
+    run, _, replies = _unmask_replies()
+    first = min(replies)
+    bad = [bytes(b ^ 0xFF for b in s) for s in replies[first][messages.B_SHARES]]
+    replies[first] = dict(replies[first], **{messages.B_SHARES: bad})
+    run.server.receive(replies)
+    result = run.server.result()
+    assert result.unmask_errors, "the wrong share must be recorded"
+    expected = sum(np.clip(_updates()[i], -1, 1).astype(np.float64) for i in result.survivors)
+    assert np.abs(result.weighted_sum - expected).max() <= CONFIG.step * len(result.survivors)

@@ -15,8 +15,10 @@ needed secret still has ``threshold`` shares, and fails with RoundFailedError ot
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,8 @@ from .quantize import dequantize
 logger = logging.getLogger(__name__)
 
 _SECRET_BYTES = crypto.KEY_BYTES
+_SHARE_BYTES = len(shamir.split(bytes(_SECRET_BYTES), [1], 1)[0])
+_MAX_SUBSETS = 256  # t-subsets tried per secret before the round is declared failed
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class SecAggResult:
         Stage name -> clients that dropped (or were rejected) at that stage.
     rejected : dict
         Client id -> why its reply was refused.
+    unmask_errors : list of str
+        Share subsets that rebuilt a wrong secret (a neighbour sent a bad share); the round
+        went on with another subset.
     """
 
     weighted_sum: np.ndarray
@@ -60,6 +67,7 @@ class SecAggResult:
     survivors: list[int]
     dropped: dict[str, list[int]]
     rejected: dict[int, str] = field(default_factory=dict)
+    unmask_errors: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> np.ndarray:
@@ -118,6 +126,7 @@ class SecAggServer:
         self.active = ids
         self.dropped: dict[str, list[int]] = {s.value: [] for s in Stage}
         self.rejected: dict[int, str] = {}
+        self.unmask_errors: list[str] = []
         self._bundles: dict[int, _Bundle] = {}
         self._graph: dict[int, list[int]] = {}
         self._u2: set[int] = set()
@@ -305,6 +314,10 @@ class SecAggServer:
         sk_shares = messages.get(reply, messages.SK_SHARES, list[bytes], who)
         if len(b_shares) != len(alive) or len(sk_shares) != len(dead):
             raise MalformedPayloadError(f"{who}: share lists do not match the requests")
+        # A short or long share would make shamir.combine raise mid-unmask and abort the round
+        # for everyone; refusing it here drops only its sender.
+        if any(len(s) != _SHARE_BYTES for s in [*b_shares, *sk_shares]):
+            raise MalformedPayloadError(f"{who}: a share is not {_SHARE_BYTES} bytes long")
         point = share_point(cid)
         for peer, share in zip(alive, b_shares, strict=True):
             self._b_shares.setdefault(peer, []).append((point, share))
@@ -316,17 +329,25 @@ class SecAggServer:
         total = self._total
         dtype = total.dtype
         for u in self._survivors:
-            b_seed = self._rebuild(u, self._b_shares, "self-mask seed")
-            if commit_self_mask(b_seed, self.round_id, u) != self._bundles[u].commit:
-                raise RoundFailedError(f"the rebuilt self-mask seed of client {u} is wrong")
+            commit = self._bundles[u].commit
+            b_seed = self._rebuild(
+                u,
+                self._b_shares,
+                "self-mask seed",
+                lambda seed, u=u, commit=commit: commit_self_mask(seed, self.round_id, u) == commit,
+            )
             total -= crypto.expand_mask(self_mask_key(b_seed, self.round_id, u), total.size, dtype)
         for v in sorted(self._u2 - self._survivor_set):
             partners = [u for u in self._graph[v] if u in self._survivor_set]
             if not partners:
                 continue
-            s_sk = self._rebuild(v, self._sk_shares, "pairwise key")
-            if crypto.x25519_public(s_sk) != self._bundles[v].s_pk:
-                raise RoundFailedError(f"the rebuilt pairwise key of dropped client {v} is wrong")
+            s_pk = self._bundles[v].s_pk
+            s_sk = self._rebuild(
+                v,
+                self._sk_shares,
+                "pairwise key",
+                lambda sk, s_pk=s_pk: crypto.x25519_public(sk) == s_pk,
+            )
             for u in partners:
                 key = pair_mask_key(s_sk, self._bundles[u].s_pk, self.round_id, v, u)
                 mask = crypto.expand_mask(key, total.size, dtype)
@@ -341,19 +362,47 @@ class SecAggServer:
             survivors=list(self._survivors),
             dropped={k: list(v) for k, v in self.dropped.items()},
             rejected=dict(self.rejected),
+            unmask_errors=list(self.unmask_errors),
         )
         self._total = None
         self.stage = None
 
-    def _rebuild(self, cid: int, shares: dict[int, list[tuple[int, bytes]]], what: str) -> bytes:
+    def _rebuild(
+        self,
+        cid: int,
+        shares: dict[int, list[tuple[int, bytes]]],
+        what: str,
+        valid: Callable[[bytes], bool],
+    ) -> bytes:
+        """Rebuild a secret from t of its shares, trying other t-subsets when one is wrong.
+
+        A neighbour that sends a wrong (well-formed) share must not abort the round for all:
+        the first t shares are tried, then the t-subsets that leave out one share after another,
+        until the rebuilt secret matches its public commitment. Each miss is kept in
+        ``unmask_errors``. The number of subsets tried is capped, so a coordinator-side loop
+        cannot be driven by many bad shares into combinatorial time.
+        """
         got = shares.get(cid, [])
-        if len(got) < self.config.threshold:
+        t = self.config.threshold
+        if len(got) < t:
             raise RoundFailedError(
                 f"only {len(got)} shares of the {what} of client {cid} came back; "
-                f"{self.config.threshold} are needed (too many dropouts)"
+                f"{t} are needed (too many dropouts)"
             )
-        got = got[: self.config.threshold]
-        return shamir.combine([p for p, _ in got], [s for _, s in got], _SECRET_BYTES)
+        for tried, subset in enumerate(itertools.combinations(got, t)):
+            if tried >= _MAX_SUBSETS:
+                break
+            secret = shamir.combine([p for p, _ in subset], [s for _, s in subset], _SECRET_BYTES)
+            if valid(secret):
+                return secret
+            self.unmask_errors.append(
+                f"the {what} of client {cid} rebuilt from points "
+                f"{[p for p, _ in subset]} does not match its commitment"
+            )
+        raise RoundFailedError(
+            f"no subset of {t} of the {len(got)} shares of the {what} of client {cid} "
+            "rebuilds it: too many wrong shares"
+        )
 
     def _require(self, ok: bool, what: str) -> None:
         if not ok:

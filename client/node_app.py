@@ -29,7 +29,7 @@ from flwr.clientapp import ClientApp
 from client.worker_channel import (
     FAILED,
     WORKER_SOCKET,
-    ChannelBroken,
+    ChannelBrokenError,
     decode_reply,
     encode_request,
     recv_frame,
@@ -60,7 +60,7 @@ RESTART_WAIT = 120.0  # seconds to wait for the node to bring a dead worker back
 app = ClientApp()
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailedError(RuntimeError):
     """The site worker ran the handler and it raised (the text is the worker's traceback)."""
 
 
@@ -73,7 +73,7 @@ def forward(message: Message, context: Context) -> Message:
         return full_app(message, context)
     try:
         return _ask(Path(str(path)), message, context, wait=0.0)
-    except ChannelBroken as first:
+    except ChannelBrokenError as first:
         log.warning("site worker lost (%s); retrying once on the restarted worker", first)
         return _ask(Path(str(path)), message, context, wait=RESTART_WAIT)
 
@@ -84,7 +84,7 @@ def _ask(path: Path, message: Message, context: Context, *, wait: float) -> Mess
         send_frames(conn, *encode_request(message, context))
         kind = recv_frame(conn)
         if kind == FAILED:
-            raise WorkerFailed(recv_frame(conn).decode())
+            raise WorkerFailedError(recv_frame(conn).decode())
         reply, state = decode_reply(recv_frame(conn), recv_frame(conn))
     context.state.clear()
     context.state.update(state)
@@ -102,7 +102,7 @@ def _connect(path: Path, wait: float) -> socket.socket:
         except OSError as err:
             conn.close()
             if time.monotonic() >= deadline:
-                raise ChannelBroken(f"no site worker at {path}: {err}") from err
+                raise ChannelBrokenError(f"no site worker at {path}: {err}") from err
             time.sleep(0.2)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from client.worker_channel import (
     FAILED,
-    ChannelBroken,
+    ChannelBrokenError,
     decode_request,
     encode_reply,
     listen,
@@ -48,7 +48,7 @@ def serve(server: socket.socket) -> None:
         with conn:
             try:
                 handle(app, conn)
-            except ChannelBroken:  # the ClientApp process went away: nothing to answer
+            except ChannelBrokenError:  # the ClientApp process went away: nothing to answer
                 log.warning("site worker: the ClientApp closed the channel before the reply")
 
 

@@ -41,7 +41,7 @@ REPLY = b"reply"
 FAILED = b"failed"
 
 
-class ChannelBroken(ConnectionError):
+class ChannelBrokenError(ConnectionError):
     """The worker went away (or was never there) before a whole reply arrived."""
 
 
@@ -69,7 +69,7 @@ def send_frames(conn: socket.socket, *frames: bytes) -> None:
 
 
 def recv_frame(conn: socket.socket) -> bytes:
-    """Read one frame; raise ChannelBroken if the peer closed before it was whole."""
+    """Read one frame; raise ChannelBrokenError if the peer closed before it was whole."""
     (length,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size))
     return _recv_exactly(conn, length)
 
@@ -80,7 +80,7 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
     while got < n:
         chunk = conn.recv_into(memoryview(view)[got:], n - got)
         if chunk == 0:
-            raise ChannelBroken("the site worker closed the channel mid-frame")
+            raise ChannelBrokenError("the site worker closed the channel mid-frame")
         got += chunk
     return bytes(view)
 

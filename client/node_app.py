@@ -61,7 +61,7 @@ app = ClientApp()
 
 
 class WorkerFailedError(RuntimeError):
-    """The site worker ran the handler and it raised (the text is the worker's traceback)."""
+    """The site worker ran the handler and it raised (its type and text, as on the cold path)."""
 
 
 def forward(message: Message, context: Context) -> Message:

@@ -55,17 +55,20 @@ def serve(server: socket.socket) -> None:
 def handle(app, conn: socket.socket) -> None:
     """Run one forwarded message through the real ClientApp and send back what it left.
 
-    A handler's exception travels back as text (the ClientApp raises it, and Flower turns it
-    into an error reply as on the cold path); the node state is then not sent back, so a
+    A handler's exception travels back as its type and text (the ClientApp raises it, and
+    Flower turns it into an error reply as on the cold path); the node state is then not sent back, so a
     failed message changes nothing that Flower keeps.
     """
     message, context = decode_request(recv_frame(conn), recv_frame(conn))
     try:
         reply = app(message, context)
-    except Exception:  # noqa: BLE001 - every failure becomes the sender's error reply
-        text = traceback.format_exc()
-        log.error("site worker: %s failed:\n%s", message.metadata.message_type, text)
-        send_frames(conn, FAILED, text.encode())
+    except Exception as err:  # noqa: BLE001 - every failure becomes the sender's error reply
+        # The traceback stays in the node's log; only what the cold path's error reply
+        # would say (the exception's type and text) goes back to become the reply.
+        log.error(
+            "site worker: %s failed:\n%s", message.metadata.message_type, traceback.format_exc()
+        )
+        send_frames(conn, FAILED, f"{type(err).__name__}: {err}".encode())
         return
     send_frames(conn, *encode_reply(reply, context.state))
 

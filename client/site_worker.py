@@ -56,8 +56,8 @@ def handle(app, conn: socket.socket) -> None:
     """Run one forwarded message through the real ClientApp and send back what it left.
 
     A handler's exception travels back as its type and text (the ClientApp raises it, and
-    Flower turns it into an error reply as on the cold path); the node state is then not sent back, so a
-    failed message changes nothing that Flower keeps.
+    Flower turns it into an error reply as on the cold path); the node state is then not
+    sent back, so a failed message changes nothing that Flower keeps.
     """
     message, context = decode_request(recv_frame(conn), recv_frame(conn))
     try:

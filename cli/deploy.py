@@ -95,6 +95,7 @@ def _node(args: argparse.Namespace) -> int:
         settings=settings,
         port=args.port,
         insecure=args.insecure,
+        cold=args.cold,
     )
     return run_node(options)
 
@@ -184,6 +185,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--torch-threads", type=int, default=1, help="torch threads (1)")
     node.add_argument("--port", type=int, default=None, help="local ClientApp API port (free)")
     node.add_argument("--insecure", action="store_true", help="no TLS, no auth (warns)")
+    node.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm site worker: load the model and data per message (site-worker=false)",
+    )
     node.set_defaults(func=_node)
 
     chk = sub.add_parser("check-data", help="validate a site's image folder (metadata.jsonl)")

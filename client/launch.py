@@ -7,6 +7,7 @@ image folder is validated here first (every problem named by file and line) and
 and ``--node-config 'data-path="..."'`` plus the site's own settings.
 """
 
+import contextlib
 import shlex
 import socket
 import ssl
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from client.worker_channel import WORKER_ENABLED, WORKER_SOCKET
+from client.worker_supervisor import WorkerSupervisor
 from fedvlm.credentials import require_private
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
@@ -60,6 +63,9 @@ class NodeOptions:
         port if None).
     insecure : bool
         No TLS, no authentication (prints a warning).
+    cold : bool
+        No site worker: Flower's fresh ClientApp process per message loads the model and
+        data each time (today's behaviour; also ``site-worker = false`` in ``settings``).
     """
 
     superlink: str
@@ -69,6 +75,12 @@ class NodeOptions:
     settings: dict[str, Any] = field(default_factory=dict)
     port: int | None = None
     insecure: bool = False
+    cold: bool = False
+
+    @property
+    def warm(self) -> bool:
+        """Whether this node keeps a site worker (client/site_worker.py) warm."""
+        return not self.cold and bool(self.settings.get(WORKER_ENABLED, True))
 
     def check(self) -> None:
         """Refuse contradictory or missing files, naming the flag."""
@@ -123,7 +135,9 @@ def check_data(path: Path) -> dict:
 def run_node(opts: NodeOptions) -> int:
     """Check the data, then run `flower-supernode` in the foreground; return its exit code.
 
-    Ctrl-C or a failure here stops the SuperNode and the ClientApp processes it started.
+    Unless ``opts.cold``, a site worker is started first and kept running beside it (its
+    socket in the node config), so the model and data stay loaded across messages.
+    Ctrl-C or a failure here stops the SuperNode, the worker and the ClientApp processes.
     """
     exit_on_sigterm()
     opts.check()
@@ -137,22 +151,28 @@ def run_node(opts: NodeOptions) -> int:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         refuse_tls_link_when_insecure(opts.superlink)
     threads = int(opts.settings.get("torch-threads", 1))
-    command = supernode_command(opts, opts.port or free_port())
-    print("+ " + shlex.join(command), flush=True)
-    process = start_process(command, child_env(threads=threads), sink=subprocess.PIPE)
-    assert process.stdout is not None
-    refused = threading.Event()
-    # A thread, not a loop here: Flower's detached helpers inherit the pipe and keep it open
-    # after flower-supernode itself has exited.
-    forwarder = threading.Thread(
-        target=_forward_output, args=(process.stdout, refused), daemon=True
-    )
-    forwarder.start()
-    try:
-        code = process.wait()
-    finally:
-        stop_process_group(process)
-    forwarder.join(timeout=5)
+    env = child_env(threads=threads)
+    with contextlib.ExitStack() as stack:
+        if opts.warm:  # same environment (threads, device variables) as the SuperNode's
+            worker = stack.enter_context(WorkerSupervisor(env))
+            opts = replace(opts, settings={**opts.settings, WORKER_SOCKET: str(worker.socket)})
+            print(f"fedvlm: site worker {worker.process.pid} on {worker.socket}", flush=True)
+        command = supernode_command(opts, opts.port or free_port())
+        print("+ " + shlex.join(command), flush=True)
+        process = start_process(command, env, sink=subprocess.PIPE)
+        assert process.stdout is not None
+        refused = threading.Event()
+        # A thread, not a loop here: Flower's detached helpers inherit the pipe and keep it
+        # open after flower-supernode itself has exited.
+        forwarder = threading.Thread(
+            target=_forward_output, args=(process.stdout, refused), daemon=True
+        )
+        forwarder.start()
+        try:
+            code = process.wait()
+        finally:
+            stop_process_group(process)
+        forwarder.join(timeout=5)
     if code != 0 and refused.is_set():
         print(f"fedvlm: error: {NOT_REGISTERED.format(key=opts.private_key)}", file=sys.stderr)
     return code

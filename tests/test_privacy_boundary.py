@@ -13,6 +13,7 @@ the same on a deployed node's socket.
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -27,12 +28,16 @@ from flwr.common.serde import message_from_proto, message_to_proto
 
 from client import app as client_app
 from client.app import app, site_name
+from client.node_app import app as node_app
+from client.worker_channel import WORKER_SOCKET
+from client.worker_supervisor import WorkerSupervisor
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
 from fedvlm.config import RunSettings
 from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
+from fedvlm.processes import child_env
 from fedvlm.vlm import load_peft_model
 from simulations.in_process import InProcessGrid, run_coordinator
 
@@ -65,7 +70,19 @@ def capture_mod(sent: list[Message]) -> Callable:
     return mod
 
 
-def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, tmp_path):
+@pytest.fixture(params=["cold", "warm"])
+def site_app(request):
+    """The ClientApp a node runs, and node-config additions: in-process, or forwarding
+    to a real warm site worker (what `fedvlm node` runs by default)."""
+    if request.param == "cold":
+        yield app, {}
+        return
+    with WorkerSupervisor(child_env()) as worker:
+        yield node_app, {WORKER_SOCKET: str(worker.socket)}
+
+
+def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, tmp_path, site_app):
+    app, extra_config = site_app
     site = synthetic_site(0, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0)
     # An identifier column, as a hospital export may carry one: its values went up as
     # metric keys (`eval-n/group/patient_ref=PATIENT-SECRET-0048`) before subgroups were
@@ -99,7 +116,7 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
     context = Context(
         run_id=1,
         node_id=7,
-        node_config={"data-path": str(folder)},
+        node_config={"data-path": str(folder), **extra_config},
         state=RecordDict(),
         # The run even allow-lists the identifier: its unique values are pooled as (suppressed).
         run_config={

@@ -39,8 +39,9 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _site_name(part: str) -> str:
-    return part if part in (COORDINATOR, NETWORK) else f"site {part}"
+def _site_name(part: str, summary: dict[str, Any]) -> str:
+    """An energy part: the coordinator, the network, or a site by its name (node id second)."""
+    return part if part in (COORDINATOR, NETWORK) else f"site {_named(part, summary)}"
 
 
 def _named(node: str, summary: dict[str, Any]) -> str:
@@ -130,7 +131,8 @@ def _eval_result(dataset: str, dataset_type: str, value: float, name: str) -> Ev
 def _metadata(summary: dict[str, Any], meta: dict[str, Any]) -> ModelCardData:
     energy = summary["energy"]
     locations = "; ".join(
-        f"{_site_name(part)}: {source}" for part, source in energy["intensity_sources"].items()
+        f"{_site_name(part, summary)}: {source}"
+        for part, source in energy["intensity_sources"].items()
     )
     methods = "; ".join(
         f"{component.upper()} {', '.join(labels) or 'none'}"
@@ -227,7 +229,8 @@ def _energy_section(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             else energy["intensity_sources"].get(part, "-")
         )
         lines.append(
-            f"| {_site_name(part)} | {figures['kwh']:.4g} | {figures['gco2e']:.4g} | {source} |"
+            f"| {_site_name(part, summary)} | {figures['kwh']:.4g} | {figures['gco2e']:.4g} "
+            f"| {source} |"
         )
     lines += ["", "How each figure was obtained:", ""]
     for component, labels in energy["methods"].items():
@@ -247,8 +250,8 @@ def _energy_section(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "**Warning:** no country or intensity was configured for "
-            f"{', '.join(_site_name(s) for s in energy['fallback'])}; their carbon uses the "
-            "world average of 475 gCO2e/kWh.",
+            f"{', '.join(_site_name(s, summary) for s in energy['fallback'])}; their carbon "
+            "uses the world average of 475 gCO2e/kWh.",
         ]
     if meta.get("hardware"):
         lines += ["", f"Coordinator hardware: {meta['hardware']}."]

@@ -35,8 +35,12 @@ def site_accuracy_plot(rows: Sequence[Row], path: Path) -> Series:
     fig, ax = plt.subplots(figsize=(7, 4))
     if x:  # no line when the coordinator had no held-out set (coordinator/central_set.py)
         ax.plot(x, heldout, marker="o", linewidth=2.5, color="black", label="global (held-out)")
+    # A site by the name it sent (fedvlm.contract.SITE), its node id second.
+    names = {n: s.get("name") for r in evaluated for n, s in r["site_eval"]["sites"].items()}
     for node, points in per_site.items():
-        ax.plot(*zip(*points, strict=True), marker=".", alpha=0.8, label=f"site {node}")
+        name = names.get(node)
+        label = f"site {name} (node {node})" if name and name != node else f"site {node}"
+        ax.plot(*zip(*points, strict=True), marker=".", alpha=0.8, label=label)
     if worst:
         ax.plot(*zip(*worst, strict=True), linestyle="--", color="red", label="worst site")
     ax.set(xlabel="round", ylabel="accuracy", title="Accuracy per round and site", ylim=(0, 1))

@@ -75,6 +75,7 @@ def _write_run(run_dir: Path, privacy: bool) -> list[dict]:
             "bytes_up": 300_000 * len(sites),
             "bytes_down": 900_000,
             "energy": block,
+            "site_names": {NODES[1]: "hospital-b"},  # the one site that sent its name
         }
         if privacy:
             row["privacy"] = {
@@ -131,6 +132,9 @@ def test_model_card_metadata_parses_and_holds_the_ledger_totals(run_dir: Path) -
     assert co2["emissions"] == pytest.approx(total_g, rel=1e-12)
     assert co2["training_type"] == "fine-tuning"
     assert "site 11: country FRA" in co2["geographical_location"]
+    # Sites by the name they registered under, node id second (energy table, locations).
+    assert f"site hospital-b (node {NODES[1]}): country" in co2["geographical_location"]
+    assert f"| site hospital-b (node {NODES[1]}) |" in text
     assert co2["hardware_used"].startswith("AMD EPYC")
     assert Path(meta["base_model"], "config.json").is_file()  # the embedded base's folder
     assert meta["library_name"] == "peft"

@@ -25,6 +25,7 @@ ROUND = "round"
 CLIENT_ID = "client-id"
 C_PK, S_PK, SIG_PK, SIG, B_COMMIT = "c-pk", "s-pk", "sig-pk", "sig", "b-commit"
 PARTICIPANTS = "participants"
+SAMPLED = "sampled"  # every node id sampled for the round: fixes the graph before any reply
 SIG_PKS = "sig-pks"
 PEER_IDS, PEER_C_PK, PEER_S_PK, PEER_B_COMMIT, PEER_SIG = (
     "peer-ids",

@@ -53,6 +53,7 @@ class SecAggClient:
     sig_sk: bytes
     sig_pk: bytes
     b_seed: bytes
+    graph_peers: list[int] = field(default_factory=list)
     participants: list[int] = field(default_factory=list)
     sig_pks: list[bytes] = field(default_factory=list)
     peer_ids: list[int] = field(default_factory=list)
@@ -100,12 +101,31 @@ class SecAggClient:
             raise MalformedPayloadError(f"{who}: round id must be {ROUND_ID_BYTES} bytes")
         client_id = messages.get(payload, messages.CLIENT_ID, int, who)
         config = SecAggConfig.from_dict(payload)
+        sampled = messages.get(payload, messages.SAMPLED, list[int], who)
+        if len(set(sampled)) != len(sampled) or client_id not in sampled:
+            raise MalformedPayloadError(f"{who}: the sampled ids repeat or leave me out")
+        if len(sampled) > config.num_clients:
+            raise MalformedPayloadError(
+                f"{who}: {len(sampled)} sampled clients exceed the configured maximum"
+            )
+        # The graph is fixed here, before this client replies: nothing any client sends later
+        # can move it (no grinding by discarding replies).
+        graph = neighbours(sampled, config.degree, graph_seed(round_id, sampled))
         c_sk, c_pk = crypto.x25519_keypair()
         s_sk, s_pk = crypto.x25519_keypair()
         sig_sk, sig_pk = crypto.ed25519_keypair()
         b_seed = crypto.random_seed()
         client = cls(
-            config, round_id, client_id, Stage.SHARE_KEYS.value, c_sk, s_sk, sig_sk, sig_pk, b_seed
+            config,
+            round_id,
+            client_id,
+            Stage.SHARE_KEYS.value,
+            c_sk,
+            s_sk,
+            sig_sk,
+            sig_pk,
+            b_seed,
+            graph_peers=graph[client_id],
         )
         commit = client._b_commit()
         reply = {
@@ -157,8 +177,13 @@ class SecAggClient:
         directory = dict(zip(participants, sig_pks, strict=True))
         if directory[self.client_id] != self.sig_pk:
             self._refuse("the coordinator replaced my signing key in the directory")
-        seed = graph_seed(self.round_id, participants, sig_pks)
-        expected = neighbours(participants, self.config.degree, seed)[self.client_id]
+        present = set(participants)
+        expected = [p for p in self.graph_peers if p in present]
+        if len(expected) < self.config.threshold:
+            raise RoundFailedError(
+                f"{who}: only {len(expected)} of my neighbours completed setup, fewer than the "
+                f"threshold {self.config.threshold}"
+            )
         peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
         if peer_ids != expected:
             self._refuse("the neighbours sent are not my neighbours in the round's public graph")

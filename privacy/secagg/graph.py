@@ -3,9 +3,12 @@
 Each client shares secrets with, and masks against, only its neighbours. The graph is a ring-shaped
 Harary graph over a pseudo-random order of the clients that completed setup: the order comes from
 hashing a public seed with each client id, so every client recomputes its own neighbourhood and
-can tell when the coordinator hands it the wrong peers. The seed mixes the round id with the
-fresh signing keys of all participants, so the coordinator cannot pick the round id to place
-chosen clients around a victim.
+can tell when the coordinator hands it the wrong peers. The graph is drawn over every *sampled*
+client and the seed hashes only the round id and the sorted sampled ids, which the coordinator
+sends with the setup request: it is fixed before any reply comes back, so the coordinator cannot
+re-draw it by discarding replies (grinding); clients that drop out are missing vertices.
+What this does not stop: a coordinator that picks the round id itself can still try many round
+ids offline before sending setup.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import hashlib
 
 
-def graph_seed(round_id: bytes, participants: list[int], sig_pks: list[bytes]) -> bytes:
-    """Return the public seed of the graph: a hash of the round and every participant's key."""
-    digest = hashlib.sha256(round_id)
-    for client_id, sig_pk in sorted(zip(participants, sig_pks, strict=True)):
-        digest.update(client_id.to_bytes(8, "little") + sig_pk)
+def graph_seed(round_id: bytes, sampled: list[int]) -> bytes:
+    """Return the public seed of the graph: a hash of the round and the sorted sampled ids."""
+    digest = hashlib.sha256(b"secagg-graph" + round_id)
+    for client_id in sorted(sampled):
+        digest.update(client_id.to_bytes(8, "little"))
     return digest.digest()
 
 

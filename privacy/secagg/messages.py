@@ -34,6 +34,7 @@ from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
     PEER_SIG,
     ROUND,
     S_PK,
+    SAMPLED,
     SIG,
     SIG_PK,
     SIG_PKS,

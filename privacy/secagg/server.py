@@ -124,6 +124,9 @@ class SecAggServer:
         self.round_id = round_id or os.urandom(ROUND_ID_BYTES)
         self.stage: Stage | None = Stage.SETUP
         self.active = ids
+        self.sampled = list(ids)
+        # Fixed now, before any reply: dropped clients are later just missing vertices.
+        self._full_graph = neighbours(ids, config.degree, graph_seed(self.round_id, ids))
         self.dropped: dict[str, list[int]] = {s.value: [] for s in Stage}
         self.rejected: dict[int, str] = {}
         self.unmask_errors: list[str] = []
@@ -161,7 +164,7 @@ class SecAggServer:
         return {c: {**header, **build(c)} for c in self.active}
 
     def _setup_request(self, cid: int) -> Payload:
-        return {messages.CLIENT_ID: cid, **self.config.to_dict()}
+        return {messages.CLIENT_ID: cid, messages.SAMPLED: self.sampled, **self.config.to_dict()}
 
     def _share_keys_request(self, cid: int) -> Payload:
         peers = self._graph[cid]
@@ -255,9 +258,8 @@ class SecAggServer:
 
     def _after_setup(self) -> None:
         self._require(len(self.active) > self.config.threshold, "completed setup")
-        sig_pks = [self._bundles[c].sig_pk for c in self.active]
-        seed = graph_seed(self.round_id, self.active, sig_pks)
-        self._graph = neighbours(self.active, self.config.degree, seed)
+        alive = set(self.active)
+        self._graph = {c: [p for p in self._full_graph[c] if p in alive] for c in self.active}
         self.stage = Stage.SHARE_KEYS
 
     def _check_share_keys(self, cid: int, reply: Payload, who: str) -> None:

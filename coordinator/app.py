@@ -262,6 +262,7 @@ def main(grid: Grid, context: Context) -> None:
             "site_names": site_evaluation.site_names([*trained.replies, *eval_replies]),
             "dropped": trained.dropped,
             "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
+            **({"secagg_notes": trained.secagg_notes} if trained.secagg_notes else {}),
             "train_loss": None
             if trained.metrics is None
             else trained.metrics.get(contract.TRAIN_LOSS),

@@ -7,7 +7,7 @@ a multi-stage protocol after which the coordinator holds only the sum. Both retu
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -34,6 +34,9 @@ class TrainOutcome:
     bytes_up: dict[str, int]  # per node id
     bytes_down: int
     aggregation_energy: EnergyReading
+    # Secure aggregation only: sites refused during the round and shares that disagreed at
+    # unmasking (the round still completed), kept for the ledger.
+    secagg_notes: list[str] = field(default_factory=list)
 
 
 def plain_train_phase(

@@ -155,5 +155,5 @@ def secure_train_phase(
         bytes_up=bytes_up,
         bytes_down=bytes_down,
         aggregation_energy=aggregation,
-        secagg_notes=[f"site {n}: {r}" for n, r in result.rejected.items()] + result.share_errors,
+        secagg_notes=[f"site {n}: {r}" for n, r in result.rejected.items()] + result.unmask_errors,
     )

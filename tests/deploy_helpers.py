@@ -170,3 +170,16 @@ def start_nodes(
     return [
         processes.start(f"node-{site}", node_args(creds, folders, site, port))[0] for site in sites
     ]
+
+
+def descendants_running(pid: int, program: str) -> list[psutil.Process]:
+    """The live descendants of `pid` whose command line runs `program` (e.g. flwr-clientapp).
+
+    A descendant that just ended is a zombie or gone: skipped, not an error.
+    """
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            if program in " ".join(process.cmdline()):
+                found.append(process)
+    return found

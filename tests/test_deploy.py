@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from coordinator.checkpoint import load_checkpoint
@@ -29,6 +28,7 @@ from tests.deploy_helpers import (  # noqa: F401
     SITES,
     THREE_SITES,
     coordinator_args,
+    descendants_running,
     federation_files,
     fedvlm,
     node_args,
@@ -178,11 +178,7 @@ def test_coordinator_killed_mid_run_resumes_to_the_same_adapter(
     start_nodes(processes, creds, folders, port)
     wait_for(lambda: (run / "checkpoint.npz").is_file(), RUN_TIMEOUT, "round 1", first)
 
-    serverapp = [
-        p
-        for p in psutil.Process(first.pid).children(recursive=True)
-        if any("flwr-serverapp" in part for part in p.cmdline())
-    ]
+    serverapp = descendants_running(first.pid, "flwr-serverapp")
     assert len(serverapp) == 1
     serverapp[0].kill()  # SIGKILL the coordinator's ServerApp mid-run ...
     processes.sigkill_tree(first)  # ... and the rest of the coordinator host with it
@@ -233,8 +229,7 @@ def test_a_site_dying_mid_round_is_recorded_and_the_round_completes(
     *survivors, victim = start_nodes(processes, creds, folders, port, THREE_SITES)
 
     def clientapps() -> set[int]:
-        tree = psutil.Process(victim.pid).children(recursive=True)
-        return {p.pid for p in tree if "flwr-clientapp" in " ".join(p.cmdline())}
+        return {p.pid for p in descendants_running(victim.pid, "flwr-clientapp")}
 
     # Round 0 is evaluated at the sites (real folders, no held-out set): kill in round 1,
     # in a ClientApp that did not exist when round 0 was recorded.

@@ -62,7 +62,11 @@ def tcp_proxy(target_port: int) -> Iterator[tuple[int, bytearray]]:
                 client, _ = listener.accept()
             except TimeoutError:
                 continue
-            upstream = socket.create_connection(("127.0.0.1", target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", target_port))
+            except OSError:  # the SuperLink is gone (teardown): drop this client
+                client.close()
+                continue
             threading.Thread(target=pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=pump, args=(upstream, client, False), daemon=True).start()
 

@@ -34,12 +34,12 @@ from client.worker_supervisor import WorkerSupervisor
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
 from fedvlm.config import RunSettings
-from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.processes import child_env
 from fedvlm.vlm import load_peft_model
 from simulations.in_process import InProcessGrid, run_coordinator
+from tests.identifier_column import with_identifier
 
 RUN_CONFIG = {"local-steps": 2, "batch-size": 4, "seed": 0, "energy-tracking": False}
 
@@ -88,19 +88,7 @@ def test_replies_carry_only_the_adapter_update_and_scalars(serverapp_identity, t
     # metric keys (`eval-n/group/patient_ref=PATIENT-SECRET-0048`) before subgroups were
     # opt-in and small groups pooled (mutation: key every group by its value in
     # fedvlm/site_metrics.site_metrics, suppressed or not).
-    site.train[:], site.val[:] = (
-        [
-            VQAExample(
-                e.image,
-                e.question,
-                e.answer,
-                e.question_type,
-                {**e.attributes, "patient_ref": f"PATIENT-SECRET-{offset + i:04d}"},
-            )
-            for i, e in enumerate(split)
-        ]
-        for offset, split in ((0, site.train), (100, site.val))
-    )
+    site.train[:], site.val[:] = with_identifier(site.train, "t"), with_identifier(site.val, "v")
     folder = write_imagefolder({"train": site.train, "validation": site.val}, tmp_path / "site")
     examples = site.train + site.val
     metadata_values = {v for e in examples for v in e.attributes.values() if len(v) >= 6}
@@ -228,16 +216,7 @@ def test_no_metadata_value_leaves_a_site_in_any_message_of_a_secure_run(tmp_path
         )
         splits = {}
         for name, split in (("train", site.train), ("validation", site.val)):
-            splits[name] = [
-                VQAExample(
-                    e.image,
-                    e.question,
-                    e.answer,
-                    e.question_type,
-                    {**e.attributes, "patient_ref": f"PATIENT-SECRET-{index}{name[0]}{i:03d}"},
-                )
-                for i, e in enumerate(split)
-            ]
+            splits[name] = with_identifier(split, f"{index}{name[0]}")
             values |= {e.attributes["patient_ref"] for e in splits[name]}
         folders.append(write_imagefolder(splits, tmp_path / f"site-{index}"))
     config = {

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 import pytest
 
 from coordinator.ledger import read_ledger
-from fedvlm.data.example import VQAExample
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.processes import free_port
@@ -30,6 +29,7 @@ from tests.deploy_helpers import (  # noqa: F401
     processes,
     wait_for,
 )
+from tests.identifier_column import with_identifier
 
 pytestmark = pytest.mark.slow
 
@@ -83,16 +83,7 @@ def tcp_proxy(target_port: int) -> Iterator[tuple[int, bytearray]]:
 def test_no_metadata_value_crosses_the_network(processes, tmp_path):
     site = synthetic_site(0, 2, n_train=8, n_val=4, label_alpha=0.5, acquisition_skew=0.5, seed=0)
     splits = {
-        name: [
-            VQAExample(
-                e.image,
-                e.question,
-                e.answer,
-                e.question_type,
-                {**e.attributes, "patient_ref": f"PATIENT-SECRET-{name[0]}{i:03d}"},
-            )
-            for i, e in enumerate(split)
-        ]
+        name: with_identifier(split, name[0])
         for name, split in (("train", site.train), ("validation", site.val))
     }
     values = {e.attributes["patient_ref"] for split in splits.values() for e in split}

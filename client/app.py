@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.dp import protect_update, train_with_privacy
@@ -24,6 +24,7 @@ from client.lora_site import (
 from client.secure_aggregation import refuse_plain_train
 from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
+from client.site_identity import site_record
 from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
@@ -61,23 +62,6 @@ def _prepare(msg: Message, context: Context):
     start = truncate(global_adapter, lora.rank)  # the site's first components of the global
     set_adapter_state(model, start)
     return run, site, model, processor, global_adapter, start
-
-
-def site_name(context: Context) -> str:
-    """The name this site goes by: its `site-name` node config, else `site-<partition>`.
-
-    A node id is Flower's random handle, unreadable to a hospital; the name travels in each
-    reply so the coordinator's console, ledger, report and card can say who is who.
-    """
-    name = context.node_config.get(contract.SITE_NAME)
-    if name:
-        return str(name)
-    partition = context.node_config.get("partition-id")
-    return f"site-{partition}" if partition is not None else f"node-{context.node_id}"
-
-
-def _site_record(context: Context) -> ConfigRecord:
-    return ConfigRecord({contract.SITE_NAME: site_name(context)})
 
 
 def _meter(context: Context) -> EnergyMeter:
@@ -150,7 +134,7 @@ def train(msg: Message, context: Context) -> Message:
         {
             contract.ARRAYS: adapter_to_arrayrecord(update),
             contract.METRICS: MetricRecord({**metrics, **reading_to_metrics(energy.reading)}),
-            contract.SITE: _site_record(context),
+            contract.SITE: site_record(context),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -194,7 +178,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
             metrics[PERSONALISED_STEPS] = settings.personalise_steps
     metrics.update(reading_to_metrics(energy.reading))
     content = RecordDict(
-        {contract.METRICS: MetricRecord(metrics), contract.SITE: _site_record(context)}
+        {contract.METRICS: MetricRecord(metrics), contract.SITE: site_record(context)}
     )
     return Message(content=content, reply_to=msg)
 

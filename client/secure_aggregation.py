@@ -20,6 +20,7 @@ from typing import Any
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+from client.site_identity import site_record
 from fedvlm import contract
 from fedvlm.adapter import Adapter
 from fedvlm.energy import EnergyMeter, reading_to_metrics
@@ -123,6 +124,7 @@ def masked_input_handler(
         metrics[contract.BYTES_UP] = int(reply[MASKED].nbytes)
         content = payload_to_recorddict(reply)
         content[contract.METRICS] = MetricRecord({**metrics, **reading_to_metrics(energy.reading)})
+        content[contract.SITE] = site_record(context)
         return Message(content, reply_to=message)
 
     return masked_input

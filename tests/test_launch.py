@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ from fedvlm.credentials import make_credentials
 from fedvlm.data.imagefolder import write_imagefolder
 from fedvlm.data.partition import synthetic_site
 from fedvlm.errors import FedVLMError
-from fedvlm.processes import flower_executable, free_port
+from fedvlm.flower_toml import config_file_text
+from fedvlm.processes import PROJECT_ROOT, flower_executable, free_port
 
 
 @pytest.fixture
@@ -173,9 +175,42 @@ def test_an_insecure_node_stops_at_once_against_a_tls_superlink(creds, speaks_tl
         server.join(timeout=5)
 
 
+def _flwr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the `flwr` CLI as the README's second shell does (profile in FLWR_HOME)."""
+    return subprocess.run(
+        [flower_executable("flwr"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _json(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout[done.stdout.index("{") :])
+
+
+def _log_until(env: dict[str, str], run_id: int, text: str, timeout: float = 180) -> str:
+    """`flwr log RUN_ID CONNECTION --show` until the ServerApp's log holds `text`."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        shown = _flwr(env, "log", str(run_id), CONNECTION, "--show").stdout
+        if text in shown:
+            return shown
+        time.sleep(2)
+    raise AssertionError(f"`flwr log {run_id} --show` never showed {text!r}; last:\n{shown}")
+
+
 @pytest.mark.slow
-def test_flwr_ls_reaches_the_coordinators_superlink_through_its_profile(creds, tmp_path):
-    """README's `FLWR_HOME=<state-dir>/flwr-home flwr ls fedvlm-deployment`, run as written."""
+def test_flwr_ls_log_and_stop_manage_a_run_on_the_coordinators_superlink(creds, tmp_path):
+    """README's `flwr ls` / `flwr log` / `flwr stop` lines, run as written against the SuperLink
+    that `fedvlm coordinator` starts (its private `fedvlm-deployment` profile in FLWR_HOME).
+
+    A run is submitted the way the coordinator submits it; no site ever connects, so the run
+    stays live until `flwr stop` ends it and `flwr ls` reports it stopped.
+    """
     options = CoordinatorOptions(
         credentials=creds.folder,
         site_keys=[creds.site_keys["a"][1]],
@@ -183,15 +218,40 @@ def test_flwr_ls_reaches_the_coordinators_superlink_through_its_profile(creds, t
         host="127.0.0.1",
         port=free_port(),
     )
+    run_config, run_folder = with_run_folder(
+        {"run-dir": str(tmp_path / "runs"), "run-name": "managed", "num-server-rounds": 1}, tmp_path
+    )
+    config_file = tmp_path / "run-config.toml"
+    config_file.write_text(config_file_text(run_config))
     with running_superlink(options):
         env = {**os.environ, "FLWR_HOME": str(options.state_dir / "flwr-home")}
-        done = subprocess.run(
-            [flower_executable("flwr"), "ls", CONNECTION, "--format", "json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        assert _json(_flwr(env, "ls", CONNECTION, "--format", "json"))["runs"] == []
+
+        submitted = _flwr(
+            env,
+            "run",
+            str(PROJECT_ROOT),
+            CONNECTION,
+            "--run-config",
+            str(config_file),
+            "--format",
+            "json",
         )
-    assert done.returncode == 0, done.stdout + done.stderr
-    listed = json.loads(done.stdout[done.stdout.index("{") :])
-    assert listed["success"] is True and listed["runs"] == []  # reached it; no run yet
+        reply = _json(submitted)
+        assert reply.get("success") is True, reply
+        run_id = int(reply["run-id"])
+        shown = _log_until(env, run_id, f"fedvlm: run folder {run_folder}")
+        assert "Traceback" not in shown
+
+        stopped = _flwr(env, "stop", str(run_id), CONNECTION, "--format", "json")
+        assert _json(stopped)["success"] is True
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = _json(
+                _flwr(env, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+            )
+            if listed["runs"][0]["status"] != "running":
+                break
+            time.sleep(1)
+    (run,) = listed["runs"]
+    assert int(run["run-id"]) == run_id and run["status"] == "finished:stopped", listed

@@ -27,8 +27,9 @@ from flwr.app import (
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client import app as client_app
-from client.app import app, site_name
+from client.app import app
 from client.node_app import app as node_app
+from client.site_identity import site_name
 from client.worker_channel import WORKER_SOCKET
 from client.worker_supervisor import WorkerSupervisor
 from fedvlm import contract

@@ -14,6 +14,7 @@ from client.secure_aggregation import register
 from coordinator.ledger import read_ledger
 from coordinator.liveness import NotEnoughSitesError
 from coordinator.secure_phase import secure_train_phase
+from coordinator.site_evaluation import site_names
 from fedvlm import contract
 from fedvlm.adapter import adapter_to_arrayrecord, get_adapter_state
 from fedvlm.config import RunSettings
@@ -144,6 +145,9 @@ def test_secure_round_applies_the_fedavg_aggregate_within_the_quantisation_bound
     assert outcome.dropped == []
     # Only masked integers and scalars left the sites: no reply carries an adapter.
     assert all(contract.ARRAYS not in m.content for m in outcome.replies)
+    # Each masked input names its site, as a plain train reply does (`site-<partition>`
+    # here; without the name the coordinator could show only the bare node id).
+    assert site_names(outcome.replies) == {str(n): f"site-{i}" for i, n in enumerate(NODES)}
     for update, _ in seen.values():  # so the sites did not clip: FedAvg is the reference
         assert np.sqrt(sum(float((t.double() ** 2).sum()) for t in update.values())) < 5.0
     expected = _plain_fedavg(global_adapter, seen, NODES)

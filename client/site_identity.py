@@ -1,0 +1,24 @@
+"""The name a site goes by in every reply: what the coordinator's reader sees.
+
+A node id is Flower's random handle, unreadable to a hospital; the name travels in each
+reply (plain train, secure masked input, evaluate) so the coordinator's console, ledger,
+report and card can say who is who.
+"""
+
+from flwr.app import ConfigRecord, Context
+
+from fedvlm import contract
+
+
+def site_name(context: Context) -> str:
+    """This site's `site-name` node config, else `site-<partition>`, else `node-<id>`."""
+    name = context.node_config.get(contract.SITE_NAME)
+    if name:
+        return str(name)
+    partition = context.node_config.get("partition-id")
+    return f"site-{partition}" if partition is not None else f"node-{context.node_id}"
+
+
+def site_record(context: Context) -> ConfigRecord:
+    """The record (`contract.SITE`) that names this site in a reply."""
+    return ConfigRecord({contract.SITE_NAME: site_name(context)})

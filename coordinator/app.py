@@ -47,7 +47,7 @@ from fedvlm.energy import (
     network_kwh_per_gb,
     round_energy,
 )
-from fedvlm.ledger_schema import headline_sentence
+from fedvlm.ledger_schema import LedgerRow, headline_sentence
 from fedvlm.training import evaluate
 from fedvlm.vlm import initial_adapter, load_peft_model
 from privacy.accounting import BudgetExhaustedError
@@ -97,9 +97,9 @@ def main(grid: Grid, context: Context) -> None:
         TrackingSettings.from_config(context.run_config), folder.path, folder.path.name
     )
 
-    def record(row: dict) -> None:
+    def record(row: LedgerRow) -> None:
         append_round(folder.path, row)
-        tracker.log_round(row)
+        tracker.log_round(row.to_json())
 
     node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
@@ -161,16 +161,17 @@ def main(grid: Grid, context: Context) -> None:
     first_round = 1
     if resumed is None:
         evaluated_on = {"kind": "sites"} if heldout is None else heldout.source
-        first = {"round": 0, "sites": [], "evaluated_on": evaluated_on}
+        first = LedgerRow(round=0, sites=[], evaluated_on=evaluated_on)
         if heldout is not None:
             base = evaluate(model, processor, heldout.examples)
-            first.update(heldout_accuracy=base.accuracy, heldout_loss=base.loss)
+            first.heldout_accuracy, first.heldout_loss = base.accuracy, base.loss
         else:  # the sites evaluate the initial adapter: the "before" of the headline
             wait_for_nodes(grid, run.min_available_nodes, node_wait)
             _, site_eval = evaluate_at_sites(
                 strategy, grid, 0, adapter_to_arrayrecord(global_adapter), run.round_timeout
             )
-            first.update(fed_eval_accuracy=site_eval.get("weighted_accuracy"), site_eval=site_eval)
+            first.fed_eval_accuracy = site_eval.get("weighted_accuracy")
+            first.site_eval = site_eval
         record(first)
     else:  # continue after the last checkpointed round, RNGs and strategy state as they were
         checkpoint = resumed[1]
@@ -204,8 +205,11 @@ def main(grid: Grid, context: Context) -> None:
                 meter=meter,
             )
         except BudgetExhaustedError as spent:  # nothing was released this round: stop here
-            stop = {"round": server_round, "sites": [], "stopped": str(spent)}
-            record({**stop, "privacy": guard.ledger_block()})
+            record(
+                LedgerRow(
+                    round=server_round, sites=[], stopped=str(spent), privacy=guard.ledger_block()
+                )
+            )
             print(f"fedvlm: privacy budget exhausted, run ends: {spent}", flush=True)
             break
         except RoundFailedError as failed:  # on record before the run stops (resumable)
@@ -219,8 +223,15 @@ def main(grid: Grid, context: Context) -> None:
                 kwh_per_gb,
                 previous=energy_so_far,
             )
-            stop = {"round": server_round, "sites": [], "stopped": str(failed), "energy": energy}
-            append_round(folder.path, {**stop, **failed.details, "privacy": guard.ledger_block()})
+            stop = LedgerRow(
+                round=server_round,
+                sites=[],
+                stopped=str(failed),
+                energy=energy,
+                privacy=guard.ledger_block(),
+                **failed.details,
+            )
+            append_round(folder.path, stop)
             print(f"fedvlm: {failed}", flush=True)
             raise
         refused = {r.node_id for r in guard.refusals}
@@ -251,40 +262,34 @@ def main(grid: Grid, context: Context) -> None:
             kwh_per_gb,
             previous=energy_so_far,
         )
-        row = {
-            "round": server_round,
-            "sites": sorted(
+        row = LedgerRow(
+            round=server_round,
+            sites=sorted(
                 m.metadata.src_node_id
                 for m in trained.replies
                 if m.metadata.src_node_id not in refused
             ),
             # Node id -> the site's own name (fedvlm.contract.SITE_NAME): the reader's view.
-            "site_names": site_evaluation.site_names([*trained.replies, *eval_replies]),
-            "dropped": trained.dropped,
-            "rejected": [vars(r) for r in getattr(strategy, "last_rejections", [])],
-            **({"secagg_notes": trained.secagg_notes} if trained.secagg_notes else {}),
-            "train_loss": None
+            site_names=site_evaluation.site_names([*trained.replies, *eval_replies]),
+            dropped=trained.dropped,
+            rejected=[vars(r) for r in getattr(strategy, "last_rejections", [])],
+            secagg_notes=trained.secagg_notes or None,
+            train_loss=None
             if trained.metrics is None
             else trained.metrics.get(contract.TRAIN_LOSS),
-            "fed_eval_accuracy": site_eval.get("weighted_accuracy"),
-            **(
-                {}
-                if central is None
-                else {
-                    "heldout_accuracy": central.accuracy,
-                    "heldout_loss": central.loss,
-                    "heldout_by_type": {k: acc for k, (_, acc) in central.by_type.items()},
-                }
-            ),
-            "site_eval": site_eval,
-            "bytes_down": trained.bytes_down,
-            "bytes_up": sum(trained.bytes_up.values()),
-            "energy": energy_so_far,
-            "peak_gpu_mb": metric_by_node(trained.replies, contract.PEAK_GPU_MB),
-            "train_seconds": metric_by_node(trained.replies, contract.TRAIN_SECONDS),
-            "seconds": time.perf_counter() - started,
-            "privacy": guard.ledger_block(),
-        }
+            fed_eval_accuracy=site_eval.get("weighted_accuracy"),
+            site_eval=site_eval,
+            bytes_down=trained.bytes_down,
+            bytes_up=sum(trained.bytes_up.values()),
+            energy=energy_so_far,
+            peak_gpu_mb=metric_by_node(trained.replies, contract.PEAK_GPU_MB),
+            train_seconds=metric_by_node(trained.replies, contract.TRAIN_SECONDS),
+            seconds=time.perf_counter() - started,
+            privacy=guard.ledger_block(),
+        )
+        if central is not None:
+            row.heldout_accuracy, row.heldout_loss = central.accuracy, central.loss
+            row.heldout_by_type = {k: acc for k, (_, acc) in central.by_type.items()}
         record(row)
         save_checkpoint(
             folder.path,
@@ -294,7 +299,7 @@ def main(grid: Grid, context: Context) -> None:
             context.run_config,
             extra=guard.state_dict(),
         )
-        print(console.row_line(row, run.num_rounds), flush=True)
+        print(console.row_line(row.to_json(), run.num_rounds), flush=True)
 
     tracker.close()
     folder.save_adapter(model)

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fedvlm.atomic import write_atomic
+from fedvlm.ledger_schema import LEDGER_JSONL, LedgerRow, read_rows
 
-LEDGER_JSONL = "ledger.jsonl"
 LEDGER_CSV = "ledger.csv"
 
 
 def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
-    """Read every complete round of a run, in order."""
+    """Read every complete round of a run, in order (none before the first is written)."""
     path = run_dir / LEDGER_JSONL
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_rows(path) if path.exists() else []
 
 
 def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -52,14 +50,14 @@ def _csv_text(rows: Iterable[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def append_round(run_dir: Path, row: dict[str, Any]) -> None:
+def append_round(run_dir: Path, row: LedgerRow) -> None:
     """Append one round atomically (JSONL rewritten whole, then the CSV view).
 
     Rewriting instead of appending in place means a crash mid-write can never leave a
     truncated last line that a resumed coordinator would misread.
     """
-    rows = [r for r in read_ledger(run_dir) if r["round"] != row["round"]]
-    rows.append(row)
+    rows = [r for r in read_ledger(run_dir) if r["round"] != row.round]
+    rows.append(row.to_json())
     rows.sort(key=lambda r: r["round"])
     _write_rows(run_dir, rows)
 

@@ -1,23 +1,22 @@
-"""The run ledger as data: reading `runs/<id>/ledger.jsonl` and `run.json`, and the totals.
+"""The run ledger as data: its row schema (`LedgerRow`), reading a run folder, and the totals.
 
-The coordinator writes one JSON object per round (round 0 = the evaluation before training):
-"round", "sites", "train_loss", "fed_eval_accuracy", "heldout_accuracy", "heldout_loss",
-"seconds", "bytes_up", "bytes_down", "rejected", "dropped", "energy" (`fedvlm.energy.round_energy`)
-and optionally "privacy" ({"unit": "example" | "site", "epsilon", "delta", ...} or a list of
-them). Round 0 says in "evaluated_on" what the held-out figures are measured on (a folder, the
-synthetic set, or "sites": no central evaluation, "heldout_*" absent throughout, and the sites'
-"fed_eval_accuracy" is the headline). Every block but "round" may be absent: readers here
-tolerate that, so a report can be rebuilt from a ledger of an older or partial run.
+The coordinator writes one `LedgerRow` per round (round 0 = the evaluation before training) as
+one JSON object per line of `runs/<id>/ledger.jsonl`; every reader parses a line back through
+`LedgerRow.from_json`, so a field the writer renamed or a value of the wrong type fails at
+the line that holds it instead of as a missing figure in a report. Readers then work on the
+row's JSON form (`to_json`): every block but "round" may be absent, and they tolerate that,
+so a report can be rebuilt from the ledger of a partial run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from fedvlm.errors import DataError
 
@@ -27,6 +26,156 @@ COORDINATOR = "coordinator"
 NETWORK = "network"
 
 Row = dict[str, Any]
+
+
+@dataclass
+class LedgerRow:
+    """One round of the ledger: what the coordinator knows of it, and nothing a site withheld.
+
+    Only ``round`` is always there; a field left None is not written (a round that failed
+    before training has no accuracy, a run without DP no privacy block). Blocks are plain
+    JSON objects whose own layout is documented where they are made (named below).
+
+    Attributes
+    ----------
+    round : int
+        0 for the evaluation before training, then 1, 2, ...
+    sites : list of int
+        Node ids whose update is in this round's aggregate (sites that refused are left out).
+    site_names : dict
+        Node id -> the name the site sent (`fedvlm.contract.SITE_NAME`), for every display.
+    dropped : list of int
+        Sampled nodes that sent no valid reply (error or timeout).
+    errors : dict
+        Node id -> the reason a site gave in its error reply (failed rounds).
+    rejected : list of dict
+        The strategy's rejections of updates (`strategies.validation`): node, reason.
+    secagg_notes : list of str
+        What secure aggregation left out and why (bad shares, late sites).
+    stopped : str
+        Why the run stopped at this round (privacy budget spent, too few sites).
+    evaluated_on : dict
+        Round 0 only: what the held-out figures are measured on (``kind``: "folder" with
+        ``path`` and ``examples``, "synthetic", or "sites": no central evaluation, and the
+        sites' ``fed_eval_accuracy`` is the headline).
+    train_loss : float
+        Example-weighted mean training loss of the sites (withheld under DP).
+    fed_eval_accuracy : float
+        Example-weighted accuracy on the sites' own validation splits.
+    heldout_accuracy, heldout_loss : float
+        The coordinator's own evaluation of the new global adapter, when it has a held-out set.
+    heldout_by_type : dict
+        Question type -> held-out accuracy.
+    site_eval : dict
+        Federated evaluation in detail (`coordinator.site_evaluation`): per site, per type,
+        per subgroup, worst site, and the sites' test splits apart.
+    bytes_up, bytes_down : int
+        Bytes of updates received / global adapters sent this round, all sites together.
+    energy : dict
+        Energy and carbon of the round by part, and the run's totals so far
+        (`fedvlm.energy.round_energy`).
+    peak_gpu_mb, train_seconds : dict
+        Node id -> that site's peak GPU memory / seconds of local training.
+    seconds : float
+        Wall time of the round at the coordinator.
+    privacy : dict or list of dict
+        The privacy account(s) after this round (`privacy.accountant`): unit "example" or
+        "site", epsilon, delta and what the guarantee covers.
+    """
+
+    round: int
+    sites: list[int] | None = None
+    site_names: dict[str, str] | None = None
+    dropped: list[int] | None = None
+    errors: dict[str, str] | None = None
+    rejected: list[dict[str, Any]] | None = None
+    secagg_notes: list[str] | None = None
+    stopped: str | None = None
+    evaluated_on: dict[str, Any] | None = None
+    train_loss: float | None = None
+    fed_eval_accuracy: float | None = None
+    heldout_accuracy: float | None = None
+    heldout_loss: float | None = None
+    heldout_by_type: dict[str, float] | None = None
+    site_eval: dict[str, Any] | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    energy: dict[str, Any] | None = None
+    peak_gpu_mb: dict[str, float] | None = None
+    train_seconds: dict[str, float] | None = None
+    seconds: float | None = None
+    privacy: dict[str, Any] | list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value of the wrong type (raises TypeError naming the field)."""
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not _is_instance(value, kinds):
+                raise TypeError(
+                    f"ledger field {name!r}: expected {_kind_words(kinds)}, got {value!r}"
+                )
+
+    def to_json(self) -> Row:
+        """The row as written: None fields left out, keys in schema order."""
+        self.check()  # fields may have been set after construction
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "ledger row") -> LedgerRow:
+        """Parse one written row; `where` (e.g. ``ledger.jsonl:3``) names the line at fault.
+
+        Raises
+        ------
+        DataError
+            On a field the schema does not know, or a value of the wrong type.
+        """
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        if unknown:
+            raise DataError(
+                f"{where}: unknown ledger field(s) {', '.join(unknown)} "
+                f"(known: {', '.join(_FIELD_TYPES)})"
+            )
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise DataError(f"{where}: {error}") from None
+
+
+def _outer_types(annotation: Any) -> tuple[type, ...]:
+    """The JSON-level types a field may hold: `float | None` -> (float, int, NoneType)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(t for arg in get_args(annotation) for t in _outer_types(arg))
+    outer = get_origin(annotation) or annotation
+    if outer is Any:
+        return (object,)
+    if outer is float:  # JSON writes 1.0 as 1
+        return (float, int)
+    return (outer,)
+
+
+def _is_instance(value: Any, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to us
+        return False
+    return isinstance(value, kinds)
+
+
+def _kind_words(kinds: tuple[type, ...]) -> str:
+    names = {
+        type(None): "null",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
+    shown = [k for k in kinds if not (k is int and float in kinds)]  # "a number" covers both
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in shown))
+
+
+_FIELD_TYPES = {f.name: _outer_types(get_type_hints(LedgerRow)[f.name]) for f in fields(LedgerRow)}
 
 
 def privacy_entries(row: Row) -> list[dict[str, Any]]:
@@ -59,6 +208,28 @@ class RunRecord:
     rows: list[dict[str, Any]]
 
 
+def read_rows(ledger: Path) -> list[Row]:
+    """Every row of a ledger file, each parsed through `LedgerRow`, in round order.
+
+    Raises
+    ------
+    DataError
+        If a line is not JSON, or not a row of the schema (``<file>:<line>`` named).
+    """
+    rows = []
+    for number, line in enumerate(ledger.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{ledger}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise DataError(f"{ledger}:{number}: expected an object with an integer 'round'")
+        rows.append(LedgerRow.from_json(row, f"{ledger}:{number}").to_json())
+    return sorted(rows, key=lambda r: r["round"])
+
+
 def load_run(run_dir: Path) -> RunRecord:
     """Read a run folder; errors name the file and line at fault.
 
@@ -71,20 +242,9 @@ def load_run(run_dir: Path) -> RunRecord:
     ledger = run_dir / LEDGER_JSONL
     if not ledger.is_file():
         raise DataError(f"{ledger}: no ledger here; is {run_dir} a run folder?")
-    rows = []
-    for number, line in enumerate(ledger.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{ledger}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
-            raise DataError(f"{ledger}:{number}: expected an object with an integer 'round'")
-        rows.append(row)
+    rows = read_rows(ledger)
     if not rows:
         raise DataError(f"{ledger}: the ledger holds no rounds")
-    rows.sort(key=lambda r: r["round"])
     meta_path = run_dir / RUN_JSON
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

@@ -15,6 +15,7 @@ from coordinator.checkpoint import (
 )
 from coordinator.ledger import append_round, read_ledger
 from fedvlm.errors import ConfigError
+from fedvlm.ledger_schema import LedgerRow
 from strategies import build_strategy
 
 RUN_CONFIG = {"num-server-rounds": 3, "seed": 7, "strategy": "fedadam", "learning-rate": 0.01}
@@ -81,10 +82,10 @@ def test_open_resumed_names_the_folder_and_requires_a_checkpoint(tmp_path):
         open_resumed({"resume": str(tmp_path)})
 
     adapter = _adapter(1)
-    append_round(tmp_path, {"round": 1, "energy": {"cumulative": 1.0}})
+    append_round(tmp_path, LedgerRow(round=1, energy={"cumulative": 1.0}))
     save_checkpoint(tmp_path, 1, adapter, _stepped_strategy(adapter), RUN_CONFIG)
     # Killed after round 2's ledger row, before its checkpoint: round 2 will be repeated.
-    append_round(tmp_path, {"round": 2, "energy": {"cumulative": 2.0}})
+    append_round(tmp_path, LedgerRow(round=2, energy={"cumulative": 2.0}))
     folder, checkpoint = open_resumed(
         {**RUN_CONFIG, "resume": tmp_path.name, "run-dir": str(tmp_path.parent)}
     )

@@ -198,3 +198,23 @@ def test_broken_ledger_line_is_named(tmp_path: Path) -> None:
         build_report(tmp_path)
     with pytest.raises(DataError, match="no ledger"):
         build_report(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"round": 1, "heldout_acc": 0.5}', "unknown ledger field(s) heldout_acc"),
+        ('{"round": 1, "heldout_accuracy": "0.5"}', "'heldout_accuracy': expected a number"),
+        ('{"round": 1, "bytes_up": true}', "'bytes_up': expected an integer"),
+    ],
+)
+def test_a_row_outside_the_ledger_schema_is_named_by_line_and_field(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    """Readers parse every row through `LedgerRow`: a renamed field or a wrong type fails at
+    its line instead of silently dropping a figure from the report (without the schema check
+    in `read_rows`, the renamed accuracy would just be missing from the card)."""
+    (tmp_path / "ledger.jsonl").write_text('{"round": 0, "heldout_accuracy": 0.3}\n' + line + "\n")
+    with pytest.raises(DataError, match=r"ledger.jsonl:2: ") as error:
+        build_report(tmp_path)
+    assert message in str(error.value)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cli.deploy import add_deploy_commands, parse_pairs
 from cli.explain import add_explain_command
+from cli.settings import add_settings_command
 from fedvlm.errors import FedVLMError
 
 
@@ -67,6 +68,7 @@ EXAMPLES = {
     "node": "fedvlm node --superlink fl.example.org:8000 --data /data/site-images "
     "--ca-cert ca.crt --private-key hospital-a.key",
     "check-data": "fedvlm check-data /data/site-images",
+    "settings": "fedvlm settings > docs/settings.md",
     "explain": "fedvlm explain --data /data/site-images "
     "--adapter runs/default-20261129-120000/adapter --out explanations",
 }
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_deploy_commands(sub)
     add_explain_command(sub)
+    add_settings_command(sub)
     for name, command in sub.choices.items():
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         command.epilog = "example:\n  " + EXAMPLES[name].replace("\n", "\n  ")

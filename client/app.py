@@ -35,9 +35,10 @@ from fedvlm.adapter import (
     set_adapter_state,
     subtract,
 )
-from fedvlm.config import NodeSettings, RunSettings, read
+from fedvlm.config import NodeSettings, RunSettings
 from fedvlm.contract.eval_keys import PERSONALISED_ACCURACY, PERSONALISED_LOSS, PERSONALISED_STEPS
 from fedvlm.energy import EnergyMeter, EnergySettings, reading_to_metrics
+from fedvlm.processes import TORCH_THREADS
 from fedvlm.runtime import ModelSettings, peak_gpu_mb, reset_peak_memory
 from fedvlm.site_metrics import EvalSettings, personalised, site_metrics, test_metrics
 from fedvlm.vlm import load_peft_model
@@ -51,7 +52,7 @@ def _prepare(msg: Message, context: Context):
     """Parse settings, load the cached model and data, and apply the global adapter."""
     # One torch thread per client process: two processes spinning OpenMP threads on two
     # cores ran ~40x slower (docs/architecture.md). A GPU node may raise it in its node config.
-    torch.set_num_threads(read(context.node_config, "torch-threads", int, 1))
+    torch.set_num_threads(TORCH_THREADS.read(context.node_config))
     run = RunSettings.from_config(context.run_config)
     node = NodeSettings.from_config(context.node_config)
     site = load_site(node, run.simulation, run.seed, run.heldout_path)

@@ -26,6 +26,7 @@ from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
 from fedvlm.flower_toml import inline_config
 from fedvlm.processes import (
+    TORCH_THREADS,
     child_env,
     exit_on_sigterm,
     flower_executable,
@@ -150,7 +151,7 @@ def run_node(opts: NodeOptions) -> int:
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         refuse_tls_link_when_insecure(opts.superlink)
-    threads = int(opts.settings.get("torch-threads", 1))
+    threads = TORCH_THREADS.read(opts.settings)
     env = child_env(threads=threads)
     with contextlib.ExitStack() as stack:
         if opts.warm:  # same environment (threads, device variables) as the SuperNode's

@@ -8,13 +8,23 @@ report and card can say who is who.
 from flwr.app import ConfigRecord, Context
 
 from fedvlm import contract
+from fedvlm.settings_registry import Scope, setting
+
+SITE_NAME = setting(
+    contract.SITE_NAME,
+    str,
+    "",
+    "The name the site goes by in every reply (`fedvlm node` sets the registered name); "
+    "empty: site-<partition> in simulation.",
+    scope=Scope.NODE,
+)
 
 
 def site_name(context: Context) -> str:
     """This site's `site-name` node config, else `site-<partition>`, else `node-<id>`."""
-    name = context.node_config.get(contract.SITE_NAME)
+    name = SITE_NAME.read(context.node_config)
     if name:
-        return str(name)
+        return name
     partition = context.node_config.get("partition-id")
     return f"site-{partition}" if partition is not None else f"node-{context.node_id}"
 

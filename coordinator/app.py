@@ -39,7 +39,7 @@ from fedvlm.adapter import (
     arrayrecord_to_adapter,
     set_adapter_state,
 )
-from fedvlm.config import RunSettings, read
+from fedvlm.config import RunSettings
 from fedvlm.energy import (
     EnergyMeter,
     EnergySettings,
@@ -101,7 +101,6 @@ def main(grid: Grid, context: Context) -> None:
         append_round(folder.path, row)
         tracker.log_round(row.to_json())
 
-    node_wait = read(context.run_config, "node-wait-timeout", float, 120.0, lambda v: v > 0, "> 0")
     model, processor = load_peft_model(run.base_model, run.lora)
     # A held-out folder, the synthetic set (synthetic sites only), or None: then the
     # sites' own validation accuracy is the headline (coordinator/central_set.py).
@@ -113,9 +112,7 @@ def main(grid: Grid, context: Context) -> None:
         run.strategy,
         fraction_train=run.fraction_train,
         # Many simulated sites: evaluating every one each round would outweigh training.
-        fraction_evaluate=read(
-            context.run_config, "fraction-evaluate", float, 1.0, lambda v: 0 <= v <= 1, "[0, 1]"
-        ),
+        fraction_evaluate=run.fraction_evaluate,
         min_train_nodes=run.min_train_nodes,
         min_evaluate_nodes=run.min_train_nodes,
         min_available_nodes=run.min_available_nodes,
@@ -166,7 +163,7 @@ def main(grid: Grid, context: Context) -> None:
             base = evaluate(model, processor, heldout.examples)
             first.heldout_accuracy, first.heldout_loss = base.accuracy, base.loss
         else:  # the sites evaluate the initial adapter: the "before" of the headline
-            wait_for_nodes(grid, run.min_available_nodes, node_wait)
+            wait_for_nodes(grid, run.min_available_nodes, run.node_wait_timeout)
             _, site_eval = evaluate_at_sites(
                 strategy, grid, 0, adapter_to_arrayrecord(global_adapter), run.round_timeout
             )
@@ -192,7 +189,7 @@ def main(grid: Grid, context: Context) -> None:
         # 1. Train: send the global adapter, receive updates (never base weights), aggregate.
         try:
             # Flower's sampling would wait forever for min-available-nodes: bound that wait.
-            wait_for_nodes(grid, run.min_available_nodes, node_wait)
+            wait_for_nodes(grid, run.min_available_nodes, run.node_wait_timeout)
             guard.before_round(grid)
             trained = train_phase(
                 strategy,

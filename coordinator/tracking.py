@@ -24,14 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedvlm.config import read
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import setting
 
 SINKS = ("tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlruns"
 EXPERIMENT = "fedvlm"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")  # MLflow's metric-name alphabet
+
+
+TRACKING = setting(
+    "tracking",
+    str,
+    "none",
+    'Sinks that mirror every ledger figure per round: "none", "tensorboard", "mlflow" or both '
+    "comma-separated.",
+)
+TRACKING_URI = setting(
+    "tracking-uri",
+    str,
+    "",
+    "MLflow tracking URI; empty: a file store in the run folder (nothing leaves the machine).",
+)
 
 
 @dataclass(frozen=True)
@@ -44,14 +59,14 @@ class TrackingSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> TrackingSettings:
         """Read ``tracking`` (comma-separated sinks, or "none") and ``tracking-uri``."""
-        text = read(config, "tracking", str, "none").strip().lower()
+        text = TRACKING.read(config).strip().lower()
         sinks = () if text in ("", "none") else tuple(s.strip() for s in text.split(","))
         unknown = [s for s in sinks if s not in SINKS]
         if unknown:
             raise ConfigError(
                 "tracking", f"unknown sink(s) {unknown}; use none or any of {', '.join(SINKS)}"
             )
-        return cls(sinks=tuple(dict.fromkeys(sinks)), uri=read(config, "tracking-uri", str, ""))
+        return cls(sinks=tuple(dict.fromkeys(sinks)), uri=TRACKING_URI.read(config))
 
 
 def ledger_figures(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:

@@ -2,45 +2,18 @@
 
 Flower hands both sides flat dictionaries of TOML scalars. They are turned into frozen
 dataclasses here, once, and every problem is reported with the key at fault, so a typo in
-`pyproject.toml` or on the `--run-config` flag fails before any training starts.
+`pyproject.toml` or on the `--run-config` flag fails before any training starts. Each key is
+declared once (`fedvlm.settings_registry.setting`): its default fills the dataclass field.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fedvlm.errors import ConfigError
 from fedvlm.lora import LoraSettings
-
-T = TypeVar("T")
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-
-
-def read(
-    config: Mapping[str, Any],
-    key: str,
-    kind: type[T],
-    default: T,
-    check: Callable[[T], bool] | None = None,
-    expect: str = "",
-) -> T:
-    """Read one typed value, falling back to `default` when the key is absent.
-
-    Integers are accepted where a number is expected (TOML writes `1` for `1.0`), but never
-    booleans where numbers are expected: `True` silently meaning `1` hides mistakes.
-    """
-    if key not in config:
-        return default
-    value = config[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(key, f"expected {_TYPE_NAMES[kind]}, got {value!r}")
-    if check is not None and not check(value):
-        raise ConfigError(key, f"{value!r} is out of range: expected {expect}")
-    return value
+from fedvlm.settings_registry import Scope, setting
 
 
 def _positive(value: float) -> bool:
@@ -49,6 +22,233 @@ def _positive(value: float) -> bool:
 
 SITE_DATA = ("synthetic", "folders", "partitioned")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "natural-id")
+
+# The training run (RunSettings).
+NUM_ROUNDS = setting("num-server-rounds", int, 5, "Training rounds.", check=_positive, expect="> 0")
+LOCAL_STEPS = setting(
+    "local-steps", int, 16, "Optimiser steps per site per round.", check=_positive, expect="> 0"
+)
+LEARNING_RATE = setting(
+    "learning-rate", float, 0.003, "Sites' AdamW learning rate.", check=_positive, expect="> 0"
+)
+BATCH_SIZE = setting(
+    "batch-size",
+    int,
+    8,
+    "Examples per local step (the expected size under DP's Poisson sampling).",
+    check=_positive,
+    expect="> 0",
+)
+FRACTION_TRAIN = setting(
+    "fraction-train",
+    float,
+    1.0,
+    "Share of connected sites sampled to train each round.",
+    check=lambda v: 0.0 < v <= 1.0,
+    expect="in (0, 1]",
+)
+FRACTION_EVALUATE = setting(
+    "fraction-evaluate",
+    float,
+    1.0,
+    "Share of the round's trained sites asked to evaluate (many simulated sites: fewer).",
+    check=lambda v: 0.0 <= v <= 1.0,
+    expect="in [0, 1]",
+)
+MIN_TRAIN_NODES = setting(
+    "min-train-nodes",
+    int,
+    2,
+    "Fewest replies a round needs, else it fails on record.",
+    check=_positive,
+    expect=">= 1",
+)
+MIN_AVAILABLE_NODES = setting(
+    "min-available-nodes",
+    int,
+    2,
+    "Sites that must be connected before a round starts.",
+    check=_positive,
+    expect=">= 1",
+)
+ROUND_TIMEOUT = setting(
+    "round-timeout",
+    float,
+    600.0,
+    "Seconds the coordinator waits for a round's replies.",
+    check=_positive,
+    expect="> 0 seconds",
+)
+NODE_WAIT_TIMEOUT = setting(
+    "node-wait-timeout",
+    float,
+    120.0,
+    "Seconds to wait for min-available-nodes to connect before the run stops (resumable).",
+    check=_positive,
+    expect="> 0",
+)
+BASE_MODEL = setting(
+    "base-model",
+    str,
+    "embedded",
+    "The VLM: `embedded` (the built-in tiny one), a `save_pretrained` folder or a hub id.",
+    check=bool,
+    expect="a model folder or hub id",
+)
+STRATEGY = setting(
+    "strategy",
+    str,
+    "fedavg",
+    "Aggregation strategy (`strategies/`).",
+    check=bool,
+    expect="a strategy name",
+)
+SEED = setting("seed", int, 0, "Seed of sampling, initialisation and local batches.")
+RUN_DIR = setting(
+    "run-dir",
+    str,
+    "runs",
+    "Folder under which each run gets its own folder.",
+    check=bool,
+    expect="a folder path",
+)
+RUN_NAME = setting("run-name", str, "", "The run folder's name; empty: scenario and time.")
+RESUME = setting(
+    "resume", str, "", "A run folder (or its name under run-dir) to continue after a crash."
+)
+HELDOUT_PATH = setting(
+    "heldout-path",
+    str,
+    "",
+    "Held-out imagefolder the coordinator evaluates on; empty: the synthetic set for synthetic "
+    "sites, else the sites' validation accuracy is the headline.",
+)
+# The adapter (LoraSettings).
+LORA_RANK = setting(
+    "lora-rank",
+    int,
+    8,
+    "LoRA rank of the global adapter (a site may declare a smaller one).",
+    scope=Scope.BOTH,
+    check=_positive,
+    expect="> 0",
+)
+LORA_ALPHA = setting("lora-alpha", int, 16, "LoRA scaling alpha.", check=_positive, expect="> 0")
+LORA_DROPOUT = setting(
+    "lora-dropout",
+    float,
+    0.0,
+    "Dropout on the LoRA path.",
+    check=lambda v: 0.0 <= v < 1.0,
+    expect="in [0, 1)",
+)
+TRAIN_PROJECTOR = setting(
+    "train-projector", bool, True, "Train the vision-to-text projector with the adapter."
+)
+LORA_VISION = setting("lora-vision", bool, False, "Put LoRA on the vision tower too.")
+# What simulated sites hold (SimulationSettings).
+SIM_SITE_DATA = setting(
+    "site-data",
+    str,
+    "synthetic",
+    "What sites hold: the synthetic task, their own image folders, or partitions of one dataset.",
+    check=SITE_DATA.__contains__,
+    expect=" or ".join(SITE_DATA),
+)
+SIM_SITES = setting("sim-sites", str, "", "Folder of site folders (`fedvlm simulate --sites`).")
+SIM_DATASET = setting(
+    "sim-dataset", str, "", "Dataset split into sites (`fedvlm simulate --dataset`)."
+)
+SIM_PARTITIONER = setting(
+    "sim-partitioner",
+    str,
+    "iid",
+    "Flower Datasets partitioner of sim-dataset.",
+    check=PARTITIONERS.__contains__,
+    expect=" or ".join(PARTITIONERS),
+)
+SIM_PARTITION_BY = setting(
+    "sim-partition-by",
+    str,
+    "answer",
+    "Column the partitioner splits on.",
+    check=bool,
+    expect="a column",
+)
+SIM_CLASSES_PER_SITE = setting(
+    "sim-classes-per-site",
+    int,
+    2,
+    "Values of sim-partition-by per site (pathological).",
+    check=_positive,
+    expect="> 0",
+)
+SIM_EXAMPLES = setting(
+    "sim-examples-per-site",
+    int,
+    96,
+    "Synthetic training examples per site.",
+    check=_positive,
+    expect="> 0",
+)
+SIM_VAL_EXAMPLES = setting(
+    "sim-val-examples-per-site",
+    int,
+    48,
+    "Synthetic validation examples per site.",
+    check=_positive,
+    expect="> 0",
+)
+SIM_LABEL_ALPHA = setting(
+    "sim-label-alpha",
+    float,
+    0.5,
+    "Dirichlet concentration of the label skew across sites.",
+    check=_positive,
+    expect="> 0",
+)
+SIM_ACQUISITION_SKEW = setting(
+    "sim-acquisition-skew",
+    float,
+    0.5,
+    "How much the synthetic sites' scanners differ.",
+    check=lambda v: 0.0 <= v <= 1.0,
+    expect="between 0 and 1",
+)
+HELDOUT_EXAMPLES = setting(
+    "heldout-examples",
+    int,
+    240,
+    "Size of the synthetic held-out set.",
+    check=_positive,
+    expect="> 0",
+)
+# Where a node finds its data (NodeSettings); partition-id / num-partitions are Flower's.
+DATA_PATH = setting(
+    "data-path",
+    str,
+    "",
+    "The site's imagefolder (`metadata.jsonl`); set by `fedvlm node --data`.",
+    scope=Scope.NODE,
+)
+NUM_PARTITIONS = setting(
+    "num-partitions",
+    int,
+    1,
+    "Set by Flower's simulation engine: number of simulated sites.",
+    scope=Scope.NODE,
+    check=_positive,
+    expect="> 0",
+)
+PARTITION_ID = setting(
+    "partition-id",
+    int,
+    0,
+    "Set by Flower's simulation engine: this simulated site's index.",
+    scope=Scope.NODE,
+    check=lambda v: v >= 0,
+    expect="in [0, num-partitions)",
+)
 
 
 @dataclass(frozen=True)
@@ -62,17 +262,17 @@ class SimulationSettings:
     Flower Datasets partitions of the one dataset at `dataset`.
     """
 
-    examples_per_site: int = 96
-    val_examples_per_site: int = 48
-    label_alpha: float = 0.5
-    acquisition_skew: float = 0.5
-    heldout_examples: int = 240
-    site_data: str = "synthetic"
-    sites_dir: str = ""
-    dataset: str = ""
-    partitioner: str = "iid"
-    partition_by: str = "answer"
-    classes_per_site: int = 2
+    examples_per_site: int = SIM_EXAMPLES.default
+    val_examples_per_site: int = SIM_VAL_EXAMPLES.default
+    label_alpha: float = SIM_LABEL_ALPHA.default
+    acquisition_skew: float = SIM_ACQUISITION_SKEW.default
+    heldout_examples: int = HELDOUT_EXAMPLES.default
+    site_data: str = SIM_SITE_DATA.default
+    sites_dir: str = SIM_SITES.default
+    dataset: str = SIM_DATASET.default
+    partitioner: str = SIM_PARTITIONER.default
+    partition_by: str = SIM_PARTITION_BY.default
+    classes_per_site: int = SIM_CLASSES_PER_SITE.default
 
     @property
     def synthetic(self) -> bool:
@@ -82,53 +282,22 @@ class SimulationSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "SimulationSettings":
         """Parse the `sim-*`, `site-data` and `heldout-examples` keys of the run config."""
-        d = cls()
-        site_data = read(
-            config, "site-data", str, d.site_data, SITE_DATA.__contains__, " or ".join(SITE_DATA)
-        )
-        sites_dir = read(config, "sim-sites", str, d.sites_dir)
-        dataset = read(config, "sim-dataset", str, d.dataset)
+        site_data = SIM_SITE_DATA.read(config)
+        dataset = SIM_DATASET.read(config)
         if site_data == "partitioned" and not dataset:
             raise ConfigError("sim-dataset", 'site-data = "partitioned" needs a dataset path')
         return cls(
             site_data=site_data,
-            sites_dir=sites_dir,
+            sites_dir=SIM_SITES.read(config),
             dataset=dataset,
-            partitioner=read(
-                config,
-                "sim-partitioner",
-                str,
-                d.partitioner,
-                PARTITIONERS.__contains__,
-                " or ".join(PARTITIONERS),
-            ),
-            partition_by=read(config, "sim-partition-by", str, d.partition_by, bool, "a column"),
-            classes_per_site=read(
-                config, "sim-classes-per-site", int, d.classes_per_site, _positive, "> 0"
-            ),
-            examples_per_site=read(
-                config, "sim-examples-per-site", int, d.examples_per_site, _positive, "> 0"
-            ),
-            val_examples_per_site=read(
-                config,
-                "sim-val-examples-per-site",
-                int,
-                d.val_examples_per_site,
-                _positive,
-                "> 0",
-            ),
-            label_alpha=read(config, "sim-label-alpha", float, d.label_alpha, _positive, "> 0"),
-            acquisition_skew=read(
-                config,
-                "sim-acquisition-skew",
-                float,
-                d.acquisition_skew,
-                lambda v: 0.0 <= v <= 1.0,
-                "between 0 and 1",
-            ),
-            heldout_examples=read(
-                config, "heldout-examples", int, d.heldout_examples, _positive, "> 0"
-            ),
+            partitioner=SIM_PARTITIONER.read(config),
+            partition_by=SIM_PARTITION_BY.read(config),
+            classes_per_site=SIM_CLASSES_PER_SITE.read(config),
+            examples_per_site=SIM_EXAMPLES.read(config),
+            val_examples_per_site=SIM_VAL_EXAMPLES.read(config),
+            label_alpha=SIM_LABEL_ALPHA.read(config),
+            acquisition_skew=SIM_ACQUISITION_SKEW.read(config),
+            heldout_examples=HELDOUT_EXAMPLES.read(config),
         )
 
 
@@ -136,74 +305,60 @@ class SimulationSettings:
 class RunSettings:
     """Coordinator-wide settings of one federation (Flower's `run_config`)."""
 
-    num_rounds: int = 5
-    local_steps: int = 16
-    learning_rate: float = 3e-3
-    batch_size: int = 8
-    fraction_train: float = 1.0
-    min_train_nodes: int = 2
-    min_available_nodes: int = 2
-    round_timeout: float = 600.0
-    base_model: str = "embedded"
-    lora: LoraSettings = LoraSettings()
-    strategy: str = "fedavg"
-    seed: int = 0
-    run_dir: str = "runs"
-    run_name: str = ""
+    num_rounds: int = NUM_ROUNDS.default
+    local_steps: int = LOCAL_STEPS.default
+    learning_rate: float = LEARNING_RATE.default
+    batch_size: int = BATCH_SIZE.default
+    fraction_train: float = FRACTION_TRAIN.default
+    fraction_evaluate: float = FRACTION_EVALUATE.default
+    min_train_nodes: int = MIN_TRAIN_NODES.default
+    min_available_nodes: int = MIN_AVAILABLE_NODES.default
+    round_timeout: float = ROUND_TIMEOUT.default
+    node_wait_timeout: float = NODE_WAIT_TIMEOUT.default
+    base_model: str = BASE_MODEL.default
+    lora: LoraSettings = LoraSettings(
+        rank=LORA_RANK.default,
+        alpha=LORA_ALPHA.default,
+        dropout=LORA_DROPOUT.default,
+        train_projector=TRAIN_PROJECTOR.default,
+        vision=LORA_VISION.default,
+    )
+    strategy: str = STRATEGY.default
+    seed: int = SEED.default
+    run_dir: str = RUN_DIR.default
+    run_name: str = RUN_NAME.default
     simulation: SimulationSettings = SimulationSettings()
-    heldout_path: str = ""
+    heldout_path: str = HELDOUT_PATH.default
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RunSettings":
         """Parse and validate a Flower `run_config`; raises ConfigError naming the key."""
-        d = cls()
         lora = LoraSettings(
-            rank=read(config, "lora-rank", int, d.lora.rank, _positive, "> 0"),
-            alpha=read(config, "lora-alpha", int, d.lora.alpha, _positive, "> 0"),
-            dropout=read(
-                config,
-                "lora-dropout",
-                float,
-                d.lora.dropout,
-                lambda v: 0.0 <= v < 1.0,
-                "in [0, 1)",
-            ),
-            train_projector=read(config, "train-projector", bool, d.lora.train_projector),
-            vision=read(config, "lora-vision", bool, d.lora.vision),
-        )
-        fraction = read(
-            config,
-            "fraction-train",
-            float,
-            d.fraction_train,
-            lambda v: 0.0 < v <= 1.0,
-            "in (0, 1]",
+            rank=LORA_RANK.read(config),
+            alpha=LORA_ALPHA.read(config),
+            dropout=LORA_DROPOUT.read(config),
+            train_projector=TRAIN_PROJECTOR.read(config),
+            vision=LORA_VISION.read(config),
         )
         return cls(
-            num_rounds=read(config, "num-server-rounds", int, d.num_rounds, _positive, "> 0"),
-            local_steps=read(config, "local-steps", int, d.local_steps, _positive, "> 0"),
-            learning_rate=read(config, "learning-rate", float, d.learning_rate, _positive, "> 0"),
-            batch_size=read(config, "batch-size", int, d.batch_size, _positive, "> 0"),
-            fraction_train=fraction,
-            min_train_nodes=read(
-                config, "min-train-nodes", int, d.min_train_nodes, _positive, ">= 1"
-            ),
-            min_available_nodes=read(
-                config, "min-available-nodes", int, d.min_available_nodes, _positive, ">= 1"
-            ),
-            round_timeout=read(
-                config, "round-timeout", float, d.round_timeout, _positive, "> 0 seconds"
-            ),
-            base_model=read(
-                config, "base-model", str, d.base_model, bool, "a model folder or hub id"
-            ),
+            num_rounds=NUM_ROUNDS.read(config),
+            local_steps=LOCAL_STEPS.read(config),
+            learning_rate=LEARNING_RATE.read(config),
+            batch_size=BATCH_SIZE.read(config),
+            fraction_train=FRACTION_TRAIN.read(config),
+            fraction_evaluate=FRACTION_EVALUATE.read(config),
+            min_train_nodes=MIN_TRAIN_NODES.read(config),
+            min_available_nodes=MIN_AVAILABLE_NODES.read(config),
+            round_timeout=ROUND_TIMEOUT.read(config),
+            node_wait_timeout=NODE_WAIT_TIMEOUT.read(config),
+            base_model=BASE_MODEL.read(config),
             lora=lora,
-            strategy=read(config, "strategy", str, d.strategy, bool, "a strategy name"),
-            seed=read(config, "seed", int, d.seed),
-            run_dir=read(config, "run-dir", str, d.run_dir, bool, "a folder path"),
-            run_name=read(config, "run-name", str, d.run_name),
+            strategy=STRATEGY.read(config),
+            seed=SEED.read(config),
+            run_dir=RUN_DIR.read(config),
+            run_name=RUN_NAME.read(config),
             simulation=SimulationSettings.from_config(config),
-            heldout_path=read(config, "heldout-path", str, d.heldout_path),
+            heldout_path=HELDOUT_PATH.read(config),
         )
 
 
@@ -222,7 +377,7 @@ class NodeSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "NodeSettings":
         """Parse a Flower `node_config`; raises ConfigError naming the key."""
-        data_path = read(config, "data-path", str, "")
+        data_path = DATA_PATH.read(config)
         if data_path:
             return cls(data_path=Path(data_path).expanduser())
         if "partition-id" not in config or "num-partitions" not in config:
@@ -231,13 +386,11 @@ class NodeSettings:
                 "this node has no data: start it with --node-config 'data-path=\"/site/images\"'"
                 " (or run it in simulation, where Flower sets partition-id)",
             )
-        num_partitions = read(config, "num-partitions", int, 1, _positive, "> 0")
-        partition_id = read(
-            config,
-            "partition-id",
-            int,
-            0,
-            lambda v: 0 <= v < num_partitions,
-            f"in [0, {num_partitions})",
-        )
+        num_partitions = NUM_PARTITIONS.read(config)
+        partition_id = PARTITION_ID.read(config)
+        if partition_id >= num_partitions:
+            raise ConfigError(
+                "partition-id",
+                f"{partition_id!r} is out of range: expected in [0, {num_partitions})",
+            )
         return cls(partition_id=partition_id, num_partitions=num_partitions)

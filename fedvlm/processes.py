@@ -18,6 +18,17 @@ from typing import IO
 import psutil
 
 from fedvlm.flower_toml import connection_file_text
+from fedvlm.settings_registry import Scope, setting
+
+TORCH_THREADS = setting(
+    "torch-threads",
+    int,
+    1,
+    "CPU threads of a site's torch (`fedvlm node --torch-threads`).",
+    scope=Scope.NODE,
+    check=lambda v: v >= 1,
+    expect=">= 1",
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

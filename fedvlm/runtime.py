@@ -13,10 +13,37 @@ from typing import Any
 
 import torch
 
-from fedvlm.config import read
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import Scope, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# A site knows its own hardware: its node keys win over the run's (see ModelSettings).
+DEVICE = setting(
+    "device",
+    str,
+    "auto",
+    "Where the model runs: auto (CUDA if visible), cpu, cuda or cuda:N.",
+    scope=Scope.BOTH,
+)
+DTYPE = setting(
+    "dtype", str, "auto", "Model dtype: auto, float32, bfloat16 or float16.", scope=Scope.BOTH
+)
+GRADIENT_CHECKPOINTING = setting(
+    "gradient-checkpointing",
+    bool,
+    False,
+    "Recompute activations in the backward pass.",
+    scope=Scope.BOTH,
+)
+LOAD_IN_4BIT = setting(
+    "load-in-4bit",
+    bool,
+    False,
+    "Quantise the frozen base to 4-bit NF4 (CUDA, bitsandbytes).",
+    scope=Scope.BOTH,
+)
 
 
 @dataclass(frozen=True)
@@ -36,10 +63,10 @@ class ModelSettings:
         Quantise the frozen base to 4-bit NF4 (``load-in-4bit``); needs bitsandbytes and CUDA.
     """
 
-    device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    load_in_4bit: bool = False
+    device: str = DEVICE.default
+    dtype: str = DTYPE.default
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING.default
+    load_in_4bit: bool = LOAD_IN_4BIT.default
 
     def __post_init__(self) -> None:
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -59,14 +86,11 @@ class ModelSettings:
         (where every node shares one machine) set them all at once.
         """
         merged = {**(run_config or {}), **node_config}
-        d = cls()
         return cls(
-            device=read(merged, "device", str, d.device),
-            dtype=read(merged, "dtype", str, d.dtype),
-            gradient_checkpointing=read(
-                merged, "gradient-checkpointing", bool, d.gradient_checkpointing
-            ),
-            load_in_4bit=read(merged, "load-in-4bit", bool, d.load_in_4bit),
+            device=DEVICE.read(merged),
+            dtype=DTYPE.read(merged),
+            gradient_checkpointing=GRADIENT_CHECKPOINTING.read(merged),
+            load_in_4bit=LOAD_IN_4BIT.read(merged),
         )
 
     def torch_device(self) -> torch.device:

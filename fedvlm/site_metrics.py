@@ -31,7 +31,6 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from fedvlm import contract
 from fedvlm.adapter import get_adapter_state, set_adapter_state
-from fedvlm.config import read
 from fedvlm.contract.eval_keys import (
     GROUP_ACC,
     GROUP_N,
@@ -44,14 +43,39 @@ from fedvlm.contract.eval_keys import (
     TYPE_N,
 )
 from fedvlm.data.example import VQAExample
+from fedvlm.settings_registry import Scope, setting
 from fedvlm.training import EvalStats, evaluate, train_local
 
-# Run-config keys read by the sites (declared in pyproject's [tool.flwr.app.config]).
-MIN_SUBGROUP_KEY = "eval-min-subgroup"
-PERSONALISE_STEPS_KEY = "eval-personalise-steps"
-SUBGROUP_FIELDS_KEY = "eval-subgroup-fields"  # comma-separated allow-list; "" = none
-SITE_SUBGROUP_FIELDS_KEY = "subgroup-fields"  # node config: the site's own narrower list
-DEFAULT_MIN_SUBGROUP = 10
+# Evaluation keys read by the sites.
+MIN_SUBGROUP = setting(
+    "eval-min-subgroup",
+    int,
+    10,
+    "Smallest subgroup whose accuracy a site reports; smaller ones are pooled as (suppressed).",
+    check=lambda v: v >= 1,
+    expect=">= 1",
+)
+PERSONALISE_STEPS = setting(
+    "eval-personalise-steps",
+    int,
+    0,
+    "Local steps of the personalised view (0: none; refused under sample-level DP).",
+    check=lambda v: v >= 0,
+    expect=">= 0",
+)
+SUBGROUP_FIELDS = setting(
+    "eval-subgroup-fields",
+    str,
+    "",
+    'Metadata fields reported per subgroup, comma-separated ("scanner,sex"); empty: none.',
+)
+SITE_SUBGROUP_FIELDS = setting(
+    "subgroup-fields",
+    str,
+    "",
+    "A site's own narrower list of eval-subgroup-fields it agrees to report.",
+    scope=Scope.NODE,
+)
 
 UNTYPED = "untyped"  # name of the question type of examples that have none
 MISSING = "(missing)"  # value of a field an example does not carry
@@ -62,8 +86,8 @@ SUPPRESSED = "(suppressed)"  # the pooled suppressed groups of a field
 class EvalSettings:
     """The site-side evaluation options of the run config, validated once."""
 
-    min_subgroup: int = DEFAULT_MIN_SUBGROUP
-    personalise_steps: int = 0
+    min_subgroup: int = MIN_SUBGROUP.default
+    personalise_steps: int = PERSONALISE_STEPS.default
     subgroup_fields: tuple[str, ...] = ()
 
     @classmethod
@@ -73,15 +97,13 @@ class EvalSettings:
         """Read ``eval-min-subgroup`` (>= 1), ``eval-personalise-steps`` (>= 0) and the
         subgroup allow-list: ``eval-subgroup-fields``, narrowed by the node's
         ``subgroup-fields`` when the site sets one."""
-        fields = _field_list(read(config, SUBGROUP_FIELDS_KEY, str, ""))
-        if node_config is not None and SITE_SUBGROUP_FIELDS_KEY in node_config:
-            own = _field_list(read(node_config, SITE_SUBGROUP_FIELDS_KEY, str, ""))
+        fields = _field_list(SUBGROUP_FIELDS.read(config))
+        if node_config is not None and SITE_SUBGROUP_FIELDS.key in node_config:
+            own = _field_list(SITE_SUBGROUP_FIELDS.read(node_config))
             fields = [f for f in fields if f in own]
         return cls(
-            min_subgroup=read(
-                config, MIN_SUBGROUP_KEY, int, DEFAULT_MIN_SUBGROUP, lambda v: v >= 1, ">= 1"
-            ),
-            personalise_steps=read(config, PERSONALISE_STEPS_KEY, int, 0, lambda v: v >= 0, ">= 0"),
+            min_subgroup=MIN_SUBGROUP.read(config),
+            personalise_steps=PERSONALISE_STEPS.read(config),
             subgroup_fields=tuple(fields),
         )
 
@@ -129,7 +151,7 @@ def site_metrics(
     examples: Sequence[VQAExample],
     *,
     fields: Collection[str] = (),
-    min_subgroup: int = DEFAULT_MIN_SUBGROUP,
+    min_subgroup: int = MIN_SUBGROUP.default,
     stats: EvalStats | None = None,
 ) -> dict[str, float | int]:
     """The scalars a site sends about ``examples`` (its validation split).

@@ -25,17 +25,32 @@ from typing import Any
 
 from fedvlm.atomic import write_atomic
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import Scope, setting
 from privacy.accounting import PrivacyHistory
 
-STATE_DIR_KEY = "state-dir"
-FEDERATION_KEY = "privacy-federation"
+STATE_DIR = setting(
+    "state-dir",
+    str,
+    "",
+    "Where a site keeps what must outlive a run (its privacy accounts); empty: "
+    "$FEDVLM_STATE_DIR, else ~/.fedvlm/state.",
+    scope=Scope.NODE,
+)
+FEDERATION = setting(
+    "privacy-federation",
+    str,
+    "",
+    "The federation a site's privacy account is kept under; empty: the name the coordinator "
+    "announces (pin it so a renamed run cannot restart the site's ε at 0).",
+    scope=Scope.NODE,
+)
 STATE_DIR_ENV = "FEDVLM_STATE_DIR"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def state_dir(node_config: Mapping[str, Any]) -> Path:
     """The node's state directory (see the module docstring)."""
-    configured = str(node_config.get(STATE_DIR_KEY, "")) or os.environ.get(STATE_DIR_ENV, "")
+    configured = STATE_DIR.read(node_config) or os.environ.get(STATE_DIR_ENV, "")
     return Path(configured).expanduser() if configured else Path.home() / ".fedvlm" / "state"
 
 
@@ -62,11 +77,11 @@ class AccountStore:
         ConfigError
             When the federation name could escape the directory (naming the key).
         """
-        pinned = str(node_config.get(FEDERATION_KEY, ""))
+        pinned = FEDERATION.read(node_config)
         federation = pinned or announced_federation or "default"
         if not _SAFE.match(federation):
             raise ConfigError(
-                FEDERATION_KEY, f"{federation!r}: use letters, digits, '.', '_' or '-' only"
+                FEDERATION.key, f"{federation!r}: use letters, digits, '.', '_' or '-' only"
             )
         return cls(state_dir(node_config) / "privacy" / f"{federation}.site-{site}.json")
 

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fedvlm.config import read
 from fedvlm.errors import ConfigError
-from fedvlm.site_metrics import PERSONALISE_STEPS_KEY, EvalSettings
+from fedvlm.settings_registry import Setting, setting
+from fedvlm.site_metrics import PERSONALISE_STEPS, EvalSettings
 
 Mode = Literal["none", "sample", "client"]
 MODES = ("none", "sample", "client")
@@ -38,6 +38,71 @@ def _positive(value: float) -> bool:
 
 def _open_unit(value: float) -> bool:
     return 0 < value < 1
+
+
+DP_MODE = setting(
+    "dp-mode",
+    str,
+    "none",
+    'Differential privacy: "none", "sample" (DP-SGD per example at each site) or "client" '
+    "(clipped site updates, Gaussian noise on the sum).",
+    check=MODES.__contains__,
+    expect=" | ".join(MODES),
+)
+DP_ACCOUNTANT = setting(
+    "dp-accountant",
+    str,
+    "prv",
+    "Privacy accountant (Opacus): PRV or RDP.",
+    check=ACCOUNTANTS.__contains__,
+    expect=" | ".join(ACCOUNTANTS),
+)
+
+
+@dataclass(frozen=True)
+class _LevelKeys:
+    """The four keys of one DP level (sample or client)."""
+
+    epsilon: Setting[float]
+    delta: Setting[float]
+    noise: Setting[float]
+    clip: Setting[float]
+
+
+def _level_keys(prefix: str, unit: str, clip_key: str, clip_doc: str) -> _LevelKeys:
+    return _LevelKeys(
+        epsilon=setting(
+            f"{prefix}target-epsilon",
+            float,
+            0.0,
+            f"The run's ε budget per {unit}; the run stops before it is exceeded.",
+        ),
+        delta=setting(
+            f"{prefix}delta",
+            float,
+            1e-5,
+            f"δ of the {unit}-level guarantee (below 1/n).",
+            check=_open_unit,
+            expect="in (0, 1)",
+        ),
+        noise=setting(
+            f"{prefix}noise-multiplier",
+            float,
+            0.0,
+            f"Noise multiplier of the {unit}-level mechanism; 0: calibrated to the budget.",
+            check=_non_negative,
+            expect=">= 0 (0 = calibrate)",
+        ),
+        clip=setting(clip_key, float, 1.0, clip_doc),
+    )
+
+
+SAMPLE_KEYS = _level_keys(
+    "dp-", "example", "dp-max-grad-norm", "Per-example gradient clipping bound (DP-SGD)."
+)
+CLIENT_KEYS = _level_keys(
+    "dp-client-", "site", "dp-client-clip", "Bound on the norm of each site's update."
+)
 
 
 @dataclass(frozen=True)
@@ -90,28 +155,10 @@ class PrivacySettings:
 
         Keys of the mode not chosen are still type-checked, so a typo cannot hide.
         """
-        mode = read(config, "dp-mode", str, "none", lambda v: v in MODES, " | ".join(MODES))
-        accountant = read(
-            config, "dp-accountant", str, "prv", lambda v: v in ACCOUNTANTS, " | ".join(ACCOUNTANTS)
-        )
-        sample = _level(
-            config,
-            accountant,
-            epsilon_key="dp-target-epsilon",
-            delta_key="dp-delta",
-            noise_key="dp-noise-multiplier",
-            clip_key="dp-max-grad-norm",
-            required=mode == "sample",
-        )
-        client = _level(
-            config,
-            accountant,
-            epsilon_key="dp-client-target-epsilon",
-            delta_key="dp-client-delta",
-            noise_key="dp-client-noise-multiplier",
-            clip_key="dp-client-clip",
-            required=mode == "client",
-        )
+        mode = DP_MODE.read(config)
+        accountant = DP_ACCOUNTANT.read(config)
+        sample = _level(config, accountant, SAMPLE_KEYS, required=mode == "sample")
+        client = _level(config, accountant, CLIENT_KEYS, required=mode == "client")
         if mode == "sample":
             _refuse_personalisation(config)
             return cls(mode, sample=SampleLevelSettings(*sample))
@@ -129,36 +176,29 @@ def _refuse_personalisation(config: Mapping[str, Any]) -> None:
     """
     if EvalSettings.from_config(config).personalise_steps > 0:
         raise ConfigError(
-            PERSONALISE_STEPS_KEY,
+            PERSONALISE_STEPS.key,
             "personalised evaluation trains without DP on the training split and releases its "
             "accuracy; set eval-personalise-steps = 0 with dp-mode = sample",
         )
 
 
 def _level(
-    config: Mapping[str, Any],
-    accountant: str,
-    *,
-    epsilon_key: str,
-    delta_key: str,
-    noise_key: str,
-    clip_key: str,
-    required: bool,
+    config: Mapping[str, Any], accountant: str, keys: _LevelKeys, *, required: bool
 ) -> tuple[float, float, float | None, float, str]:
     """Read one level's (ε budget, δ, z or None, clip, accountant); enforce it if ``required``."""
-    epsilon = read(config, epsilon_key, float, 0.0)
-    delta = read(config, delta_key, float, 1e-5, _open_unit, "in (0, 1)")
-    noise = read(config, noise_key, float, 0.0, _non_negative, ">= 0 (0 = calibrate)")
-    clip = read(config, clip_key, float, 1.0)
+    epsilon = keys.epsilon.read(config)
+    delta = keys.delta.read(config)
+    noise = keys.noise.read(config)
+    clip = keys.clip.read(config)
     if required:
         if not epsilon > 0:
             raise ConfigError(
-                epsilon_key,
+                keys.epsilon.key,
                 f"is {epsilon!r}: differential privacy needs a positive ε budget for the run",
             )
         if not clip > 0:
             raise ConfigError(
-                clip_key,
+                keys.clip.key,
                 f"is {clip!r}: noise without a positive clipping bound protects nothing",
             )
     return epsilon, delta, (noise or None), clip, accountant

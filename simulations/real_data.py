@@ -21,10 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedvlm.config import SimulationSettings, read
+from fedvlm.config import SEED, SimulationSettings
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.data.real_sites import natural_ids, partitioned_sites, site_folders
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import read
 from simulations.scenario import Scenario
 
 # [data] key -> run-config key it sets
@@ -86,7 +87,7 @@ def with_data(
             federation["num-supernodes"] = read(
                 data, "num-sites", int, 0, lambda v: v > 0, "> 0 sites"
             )
-        seed = read(run_config, "seed", int, 0)
+        seed = SEED.read(run_config)
         partitioned_sites(sim, int(federation["num-supernodes"]), seed)  # every site non-empty
     run_config = {**scenario.run_config, **extra}
     return replace(scenario, federation=federation, run_config=run_config), overrides

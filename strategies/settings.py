@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedvlm.config import read
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import setting
 
 # Which settings each strategy takes, beyond the sampling and norm settings all take.
 _SERVER_OPTIMIZER = ("eta", "beta_1", "beta_2", "tau")
@@ -34,6 +34,81 @@ def _unit_interval(value: float) -> bool:
 
 def _unset_if_zero(value: float) -> float | None:
     return value if value > 0 else None
+
+
+_GE0 = ">= 0"
+PROXIMAL_MU = setting(
+    "proximal-mu",
+    float,
+    0.0,
+    "FedProx's proximal term mu (sent to the sites).",
+    check=_not_negative,
+    expect=_GE0,
+)
+SERVER_ETA = setting(
+    "server-eta",
+    float,
+    0.0,
+    "FedAdam/FedYogi server learning rate; 0: the strategy's default.",
+    check=_not_negative,
+    expect=_GE0,
+)
+SERVER_BETA_1 = setting(
+    "server-beta-1",
+    float,
+    0.9,
+    "Server optimiser's first-moment decay.",
+    check=_unit_interval,
+    expect="in [0, 1)",
+)
+SERVER_BETA_2 = setting(
+    "server-beta-2",
+    float,
+    0.99,
+    "Server optimiser's second-moment decay.",
+    check=_unit_interval,
+    expect="in [0, 1)",
+)
+SERVER_TAU = setting(
+    "server-tau",
+    float,
+    0.001,
+    "Server optimiser's adaptivity floor.",
+    check=_not_negative,
+    expect=_GE0,
+)
+TRIM_BETA = setting(
+    "trim-beta",
+    float,
+    0.2,
+    "Trimmed mean: fraction cut from each tail.",
+    check=lambda v: 0 <= v < 0.5,
+    expect="in [0, 0.5)",
+)
+MAX_UPDATE_NORM = setting(
+    "max-update-norm",
+    float,
+    0.0,
+    "Replies with a larger update norm are rejected; 0: no bound.",
+    check=_not_negative,
+    expect=_GE0,
+)
+CLIP_UPDATE_NORM = setting(
+    "clip-update-norm",
+    float,
+    0.0,
+    "Updates with a larger norm are scaled down to it; 0: none.",
+    check=_not_negative,
+    expect=_GE0,
+)
+FLORA_MAX_RANK = setting(
+    "flora-max-rank",
+    int,
+    0,
+    "FLoRA's cap on the stacked global rank; 0: the run's lora-rank.",
+    check=_not_negative,
+    expect=_GE0,
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +135,12 @@ class StrategySettings:
         FLoRA's cap on the global rank (``flora-max-rank``); None: the run's ``lora-rank``.
     """
 
-    proximal_mu: float = 0.0
+    proximal_mu: float = PROXIMAL_MU.default
     eta: float | None = None
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    tau: float = 1e-3
-    beta: float = 0.2
+    beta_1: float = SERVER_BETA_1.default
+    beta_2: float = SERVER_BETA_2.default
+    tau: float = SERVER_TAU.default
+    beta: float = TRIM_BETA.default
     max_update_norm: float | None = None
     clip_update_norm: float | None = None
     max_rank: int | None = None
@@ -73,22 +148,16 @@ class StrategySettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "StrategySettings":
         """Parse the strategy keys of a run config; raises ConfigError naming the key."""
-        d = cls()
-        ge0 = ">= 0"
         return cls(
-            proximal_mu=read(config, "proximal-mu", float, d.proximal_mu, _not_negative, ge0),
-            eta=_unset_if_zero(read(config, "server-eta", float, 0.0, _not_negative, ge0)),
-            beta_1=read(config, "server-beta-1", float, d.beta_1, _unit_interval, "in [0, 1)"),
-            beta_2=read(config, "server-beta-2", float, d.beta_2, _unit_interval, "in [0, 1)"),
-            tau=read(config, "server-tau", float, d.tau, _not_negative, ge0),
-            beta=read(config, "trim-beta", float, d.beta, lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-            max_update_norm=_unset_if_zero(
-                read(config, "max-update-norm", float, 0.0, _not_negative, ge0)
-            ),
-            clip_update_norm=_unset_if_zero(
-                read(config, "clip-update-norm", float, 0.0, _not_negative, ge0)
-            ),
-            max_rank=read(config, "flora-max-rank", int, 0, _not_negative, ge0) or None,
+            proximal_mu=PROXIMAL_MU.read(config),
+            eta=_unset_if_zero(SERVER_ETA.read(config)),
+            beta_1=SERVER_BETA_1.read(config),
+            beta_2=SERVER_BETA_2.read(config),
+            tau=SERVER_TAU.read(config),
+            beta=TRIM_BETA.read(config),
+            max_update_norm=_unset_if_zero(MAX_UPDATE_NORM.read(config)),
+            clip_update_norm=_unset_if_zero(CLIP_UPDATE_NORM.read(config)),
+            max_rank=FLORA_MAX_RANK.read(config) or None,
         )
 
     def kwargs_for(self, name: str, *, global_rank: int) -> dict[str, object]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fedvlm.config import read
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import read
 
 from .config import KEYS, SecAggConfig
 from .errors import CoordinatorMisbehaviourError, MalformedPayloadError

@@ -71,7 +71,9 @@ def run_scenario(
     Raises RuntimeError when the run ended without its final adapter, pointing at the logs.
     """
     run_config = {**scenario.run_config, **(overrides or {})}
-    run_root = (run_dir or PROJECT_ROOT / "runs").resolve()
+    # Relative to where the user stands, as `fedvlm coordinator` does: the ServerApp runs
+    # in a process Flower starts elsewhere, so the folder is made absolute here.
+    run_root = (run_dir or Path(str(run_config.get("run-dir", "runs"))).expanduser()).resolve()
     run_name = str(
         run_config.get("run-name") or f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )

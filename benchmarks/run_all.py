@@ -231,7 +231,7 @@ def secure_aggregation_scale(sizes: Sizes, log: Path) -> list[Figure]:
     rows = script_json("bench_secagg_scale.py", sizes.secagg_scale_args, log)
 
     def each(key: str, fmt: str, scale: float = 1.0) -> str:
-        return " / ".join(format(r[key] / scale, fmt) for r in rows)
+        return " / ".join(format(r[key] / scale if scale != 1.0 else r[key], fmt) for r in rows)
 
     growth = rows[-1]["client_seconds"] / rows[0]["client_seconds"]
     value = (

@@ -4,7 +4,8 @@ Each figure is measured in this run, side by side with its reference (ratios, ne
 absolute claims carried over from another machine), and printed with how it was measured.
 Benchmarks that expose functions are imported (bench_overhead, bench_scale, bench_utility,
 bench_secagg, fedvlm.presets); the others run as subprocesses with ``--json PATH`` and their
-figures are read from that file (bench_energy, bench_dp); no printed table is scraped.
+figures are read from that file (bench_energy, bench_dp, bench_secagg_scale); no printed
+table is scraped.
 Flower's and Ray's output goes to a log file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --quick            # <= 15 min, 2 cores
@@ -62,6 +63,7 @@ class Sizes:
     overhead_blocks: int
     secagg_rounds: int
     secagg_order: tuple[bool, ...]  # False: plain, True: secure; run in this order
+    secagg_scale_args: tuple[str, ...]
     dp_args: tuple[str, ...]
     energy_args: tuple[str, ...]
     scale_sites: tuple[int, ...]
@@ -75,6 +77,7 @@ QUICK = Sizes(
     overhead_blocks=1,
     secagg_rounds=3,
     secagg_order=(False, True, True, False),  # ABBA: load drift hits both alike
+    secagg_scale_args=("--representatives", "1"),
     dp_args=("--repeats", "3", "--steps", "4"),
     energy_args=("--repeats", "5"),
     scale_sites=(10, 50, 100),
@@ -87,6 +90,7 @@ FULL = Sizes(
     overhead_blocks=2,
     secagg_rounds=4,
     secagg_order=(False, True, True, False),
+    secagg_scale_args=("--representatives", "3"),
     dp_args=("--repeats", "5", "--steps", "6"),
     energy_args=("--repeats", "9"),
     scale_sites=(10, 50, 100),
@@ -222,6 +226,31 @@ def secure_aggregation(sizes: Sizes, log: Path) -> list[Figure]:
     ]
 
 
+def secure_aggregation_scale(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 3: SecAgg+ alone at 100, 1,000 and 10,000 clients (bench_secagg_scale.py)."""
+    rows = script_json("bench_secagg_scale.py", sizes.secagg_scale_args, log)
+
+    def each(key: str, fmt: str, scale: float = 1.0) -> str:
+        return " / ".join(format(r[key] / scale if scale != 1.0 else r[key], fmt) for r in rows)
+
+    growth = rows[-1]["client_seconds"] / rows[0]["client_seconds"]
+    value = (
+        f"n = {each('n', ',')}; k = {each('degree', 'd')}, t = {each('threshold', 'd')}: "
+        f"per client {each('client_seconds', '.3f')} s ({growth:.1f}x from first to last n), "
+        f"up {each('client_up_bytes', '.0f', 1e3)} kB, down {each('client_down_bytes', '.0f', 1e3)}"
+        f" kB; coordinator unmask {each('unmask_seconds', '.2f')} s"
+    )
+    how = (
+        f"bench_secagg_scale.py {' '.join(sizes.secagg_scale_args)}: protocol alone, "
+        f"{rows[0]['params']:,} parameters, degree and threshold derived from the default threat "
+        "model, no dropouts; per client = median over representative clients driven through the "
+        "five stages by SecAggClient against an n-client round (directory, survivor list and "
+        "signatures of n), handler seconds summed and payload bytes; unmask = rebuilding n "
+        "self-mask seeds from t shares and removing n self-masks"
+    )
+    return [Figure(3, "secure aggregation: scaling (protocol alone)", value, how)]
+
+
 def dp_step(sizes: Sizes, log: Path) -> list[Figure]:
     """Figure 4: DP-SGD step time / plain step time (bench_dp, Opacus hooks mode)."""
     seconds = script_json("bench_dp.py", ("--skip-accuracy", *sizes.dp_args), log)["step_seconds"]
@@ -310,6 +339,7 @@ def utility(sizes: Sizes, log: Path) -> list[Figure]:
 PARTS: list[tuple[str, Callable[[Sizes, Path], list[Figure]]]] = [
     ("overhead and bytes", overhead_and_bytes),
     ("secure aggregation", secure_aggregation),
+    ("secure aggregation scaling", secure_aggregation_scale),
     ("DP-SGD step", dp_step),
     ("energy tracking", energy),
     ("scale", scale),

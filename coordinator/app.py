@@ -271,6 +271,7 @@ def main(grid: Grid, context: Context) -> None:
             dropped=trained.dropped,
             rejected=[vars(r) for r in getattr(strategy, "last_rejections", [])],
             secagg_notes=trained.secagg_notes or None,
+            secagg=trained.secagg or None,
             train_loss=None
             if trained.metrics is None
             else trained.metrics.get(contract.TRAIN_LOSS),

@@ -10,6 +10,7 @@ figure was obtained, estimates named as estimates.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,48 @@ def use_snippet(base_model: str, adapter_dir: Path) -> list[str]:
     ]
 
 
+def _secagg_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The secure-aggregation parameters of the run and the threat model they hold under.
+
+    One line per distinct set of parameters (the number of sampled sites can change between
+    rounds), from the ``secagg`` block each secure round writes to the ledger.
+    """
+    blocks: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for row in rows:
+        if block := row.get("secagg"):
+            key = json.dumps(block, sort_keys=True)
+            blocks.setdefault(key, (block, []))[1].append(row["round"])
+    if not blocks:
+        return []
+    lines = [
+        "## Secure aggregation",
+        "",
+        "The coordinator received masked updates and unmasked only their sum (SecAgg+, Bell et "
+        "al. 2020). The graph degree k and threshold t were derived from the threat model "
+        "stated for the run: a coordinator that tells some neighbours a site survived and "
+        "others that it dropped needs 2t − k colluding neighbours of that site to open its "
+        "update.",
+        "",
+    ]
+    for block, rounds in blocks.values():
+        trusting = (
+            " **No site was assumed to collude with the coordinator** (corrupt fraction 0)."
+            if block["corrupt"] == 0
+            else ""
+        )
+        lines.append(
+            f"- Rounds {', '.join(map(str, rounds))}: {block['num_clients']} sites, "
+            f"k = {block['degree']}, t = {block['threshold']}; assumed up to "
+            f"{block['corrupt']} colluding site(s) (γ = {block['corrupt_fraction']}) and "
+            f"{block['dropouts']} dropout(s) (δ = {block['dropout_fraction']}); a split view "
+            f"needs {block['colluders_needed']} colluding neighbours. Privacy fails with "
+            f"probability ≤ {block['privacy_failure']:.3g} (goal 2^-{block['sigma']}), a round "
+            f"fails for dropouts with probability ≤ {block['correctness_failure']:.3g} "
+            f"(goal 2^-{block['eta']}).{trusting}"
+        )
+    return [*lines, ""]
+
+
 def render_model_card(
     summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict, adapter_dir: Path
 ) -> str:
@@ -289,6 +332,7 @@ def render_model_card(
         "",
         *_privacy_words(summary),
         "",
+        *_secagg_section(rows),
         "## Federation",
         "",
         f"- Sites: {len(sites)} ({', '.join(_named(s, summary) for s in sites) or '-'})",

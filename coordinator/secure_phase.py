@@ -156,4 +156,5 @@ def secure_train_phase(
         bytes_down=bytes_down,
         aggregation_energy=aggregation,
         secagg_notes=[f"site {n}: {r}" for n, r in result.rejected.items()] + result.unmask_errors,
+        secagg=config.guarantees.as_record(config.threat),
     )

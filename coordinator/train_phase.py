@@ -8,6 +8,7 @@ a multi-stage protocol after which the coordinator holds only the sum. Both retu
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -37,6 +38,9 @@ class TrainOutcome:
     # Secure aggregation only: sites refused during the round and shares that disagreed at
     # unmasking (the round still completed), kept for the ledger.
     secagg_notes: list[str] = field(default_factory=list)
+    # Secure aggregation only: the round's graph degree and threshold, the threat model they
+    # were derived from and the failure probabilities they guarantee (`GraphBounds.as_record`).
+    secagg: dict[str, Any] = field(default_factory=dict)
 
 
 def plain_train_phase(

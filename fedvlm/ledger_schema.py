@@ -52,6 +52,10 @@ class LedgerRow:
         The strategy's rejections of updates (`strategies.validation`): node, reason.
     secagg_notes : list of str
         What secure aggregation left out and why (bad shares, late sites).
+    secagg : dict
+        Secure aggregation's graph degree and threshold, the threat model they were derived
+        from (corrupt and dropout fractions, sigma, eta) and the failure probabilities they
+        guarantee (`privacy.secagg.bounds.GraphBounds.as_record`).
     stopped : str
         Why the run stopped at this round (privacy budget spent, too few sites).
     evaluated_on : dict
@@ -90,6 +94,7 @@ class LedgerRow:
     errors: dict[str, str] | None = None
     rejected: list[dict[str, Any]] | None = None
     secagg_notes: list[str] | None = None
+    secagg: dict[str, Any] | None = None
     stopped: str | None = None
     evaluated_on: dict[str, Any] | None = None
     train_loss: float | None = None

@@ -211,7 +211,16 @@ def _sites_of_sizes(root, sizes: list[int]) -> list[dict]:
     return configs
 
 
-@pytest.mark.parametrize("extra", [{}, {"secure-aggregation": True}], ids=["plain", "secagg"])
+# Under secure aggregation a refusal is a dropout of 1 of 4: stated (no colluding site,
+# dropout fraction 0.25) so the complete graph with threshold 2 survives it.
+SECURE_ONE_DROPOUT = {
+    "secure-aggregation": True,
+    "secagg-corrupt-fraction": 0.0,
+    "secagg-dropout-fraction": 0.25,
+}
+
+
+@pytest.mark.parametrize("extra", [{}, SECURE_ONE_DROPOUT], ids=["plain", "secagg"])
 def test_some_sites_refuse_for_budget_the_others_are_aggregated_and_the_run_saves(tmp_path, extra):
     """Unequal site sizes with a fixed noise multiplier: the small site (q = 1/2) runs out of
     budget in round 2 while the larger ones (q = 1/4) still train. Before the fix the refusal

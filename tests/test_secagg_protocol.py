@@ -27,8 +27,16 @@ def _check_sum(run, updates, weights, config):
     ("n", "degree", "threshold"), [(3, 2, 2), (10, 4, 3), (10, 9, 5), (25, 8, 5), (40, 0, 0)]
 )
 def test_sum_matches_plain_weighted_sum(n, degree, threshold):
+    # The arithmetic at chosen (k, t), some below what a colluding site allows: no corrupt
+    # site is assumed here (test_secagg_bounds covers which (k, t) a threat model accepts).
     config = SecAggConfig(
-        num_clients=n, clip=1.0, levels=1 << 12, max_weight=50, degree=degree, threshold=threshold
+        num_clients=n,
+        clip=1.0,
+        levels=1 << 12,
+        max_weight=50,
+        degree=degree,
+        threshold=threshold,
+        corrupt_fraction=0.0,
     )
     updates, weights = _inputs(n, 300, seed=n + degree)
     run = run_protocol_in_memory(updates, weights, config)
@@ -86,7 +94,7 @@ def test_thirty_percent_dropout_at_each_stage(stage):
 
 def test_dropouts_spread_over_all_stages_in_a_sparse_graph():
     n = 30
-    config = SecAggConfig(num_clients=n, clip=0.5, max_weight=9, degree=12, threshold=7)
+    config = SecAggConfig(num_clients=n, clip=0.5, max_weight=9, degree=12, threshold=8)
     updates, weights = _inputs(n, 500, seed=5, max_weight=9)
     drops = {Stage.SETUP: {0}, Stage.SHARE_KEYS: {9}, Stage.MASKED_INPUT: {17}, Stage.UNMASK: {25}}
     run = run_protocol_in_memory(updates, weights, config, drop_at=drops, client_ids=range(n))
@@ -97,7 +105,8 @@ def test_dropouts_spread_over_all_stages_in_a_sparse_graph():
 def test_large_flower_node_ids_work():
     n = 6
     ids = [2**64 - 1 - 977 * i for i in range(n)]
-    config = SecAggConfig(num_clients=n, clip=1.0)
+    # One dropout of 6 stated (dropout fraction 0.2): degree 4, threshold 3 survive it.
+    config = SecAggConfig(num_clients=n, clip=1.0, dropout_fraction=0.2)
     updates, weights = _inputs(n, 50, seed=2)
     run = run_protocol_in_memory(
         updates, weights, config, drop_at={Stage.MASKED_INPUT: {ids[2]}}, client_ids=ids
@@ -118,9 +127,11 @@ def test_too_many_dropouts_fail_the_round_clearly():
 
 
 def test_the_small_federation_warning_says_the_truth_about_one_dropout():
-    """`SecureAggregationSettings.dropout_warning` warns at 3 sites and not at 4: at the
-    default degree and threshold, one site lost after key sharing fails 3 and not 4."""
-    for n, survives in ((3, False), (4, True)):
+    """`SecureAggregationSettings.dropout_warning` warns at 4 sites and not at 10: at the
+    default threat model (one colluding site, dropout fraction 0.1), one site lost after key
+    sharing fails a round of 4 (degree 2, threshold 2) and not one of 10 (degree 4,
+    threshold 3)."""
+    for n, survives in ((4, False), (10, True)):
         config = SecAggConfig(num_clients=n, clip=1.0)
         assert (config.dropouts_survived >= 1) == survives
         updates, weights = _inputs(n, 50, seed=n)

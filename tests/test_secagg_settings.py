@@ -76,12 +76,19 @@ def test_flatten_sorts_names_clips_the_l2_norm_and_unflatten_inverts_it():
 
 
 def test_a_federation_too_small_to_survive_one_dropout_is_named_at_start():
-    """3 sites at the defaults (degree 2, threshold 2) fail a round on one lost site; the
-    warning says so and names 4 sites, where the complete graph of degree 3 needs 2 shares."""
+    """4 sites at the defaults (degree 2, threshold 2: with one colluding site a threshold
+    of 3 of 3 would be needed on the complete graph) fail a round on one lost site; the
+    warning says so and names 10 sites (degree 4, threshold 3). Stating that no site
+    colludes (corrupt fraction 0) and one of 4 may drop gives back the complete graph."""
     settings = SecureAggregationSettings.from_config({"secure-aggregation": True})
-    warning = settings.dropout_warning(3)
+    warning = settings.dropout_warning(4)
     assert warning is not None
-    assert "3 sites survives no dropout" in warning and "degree 2, threshold 2" in warning
-    assert "from 4 sites on" in warning
-    assert settings.dropout_warning(4) is None
-    assert settings.round_config(4).dropouts_survived == 1
+    assert "4 sites survives no dropout" in warning and "degree 2, threshold 2" in warning
+    assert "from 10 sites on" in warning
+    assert settings.dropout_warning(10) is None
+    assert settings.round_config(10).dropouts_survived == 1
+    trusting = SecureAggregationSettings.from_config(
+        {"secagg-corrupt-fraction": 0.0, "secagg-dropout-fraction": 0.25}
+    )
+    assert trusting.dropout_warning(4) is None
+    assert (trusting.round_config(4).degree, trusting.round_config(4).threshold) == (3, 2)

@@ -25,7 +25,14 @@ pytestmark = pytest.mark.slow
 def test_a_deployed_round_with_secure_aggregation_completes(federation_files, tmp_path):  # noqa: F811
     creds, folders = federation_files
     port = free_port()
-    extra = {"run-name": "secure", "num-server-rounds": 1, "secure-aggregation": True}
+    # Two sites: each learns the other's update from the sum, so no colluding site can be
+    # excluded; the run states it (secagg-corrupt-fraction = 0), else it is refused at start.
+    extra = {
+        "run-name": "secure",
+        "num-server-rounds": 1,
+        "secure-aggregation": True,
+        "secagg-corrupt-fraction": 0.0,
+    }
     with process_scope(tmp_path) as processes:
         coordinator, log = processes.start(
             "coordinator",

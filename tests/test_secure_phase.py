@@ -27,9 +27,14 @@ from privacy.settings import PrivacySettings
 from simulations.in_process import InProcessGrid, run_coordinator
 from strategies import FedAvg
 
-NODES = [101, 202, 303, 404]  # complete graph, threshold 2: one dropout is tolerated
+NODES = [101, 202, 303, 404]
 RUN_CONFIG = {
     "secure-aggregation": True,
+    # Stated: no site colludes with the coordinator and one of the 4 may drop out, which
+    # gives the complete graph with threshold 2 (one dropout tolerated). With the default
+    # one colluding site no dropout of 4 can be survived (test_secagg_settings).
+    "secagg-corrupt-fraction": 0.0,
+    "secagg-dropout-fraction": 0.25,
     "secagg-clip": 5.0,
     "local-steps": 2,
     "batch-size": 4,
@@ -260,6 +265,18 @@ def test_a_federation_with_secure_aggregation_learns(tmp_path, global_adapter):
         assert row["sites"] == NODES and row["dropped"] == []
         assert row["bytes_up"] > len(NODES) * masked_bytes  # masked vectors + key exchange
         assert row["train_loss"] is not None
+        # The round's graph and the threat model it was derived from (stated in RUN_CONFIG).
+        assert {k: row["secagg"][k] for k in ("degree", "threshold", "corrupt", "dropouts")} == {
+            "degree": 3,
+            "threshold": 2,
+            "corrupt": 0,
+            "dropouts": 1,
+        }
+        assert row["secagg"]["corrupt_fraction"] == 0.0 and row["secagg"]["sigma"] == 40
+        assert row["secagg"]["privacy_failure"] <= 2.0**-40
+    card = (tmp_path / "secure" / "adapter" / "README.md").read_text()
+    assert "## Secure aggregation" in card and "k = 3, t = 2" in card
+    assert "No site was assumed to collude with the coordinator" in card
 
 
 def test_the_update_sum_is_refused_unless_finite(global_adapter):

@@ -46,7 +46,14 @@ class SecureAggregationSettings:
         equal weights.
     levels, degree, threshold : int
         ``secagg-levels`` / ``-degree`` / ``-threshold``; 0 lets `SecAggConfig` pick them
-        from the number of sites in the round.
+        from the number of sites in the round (degree and threshold from the threat model).
+    corrupt_fraction, dropout_fraction : float
+        ``secagg-corrupt-fraction`` (γ) / ``secagg-dropout-fraction`` (δ): the sites that may
+        collude with the coordinator / drop out mid-round. γ = 0.05 counts at least one
+        colluding site in any federation, so a coordinator with one helper is covered.
+    sigma, eta : int
+        ``secagg-sigma`` / ``secagg-eta``: privacy and correctness fail with probability at
+        most 2^-sigma and 2^-eta (40 and 20, the values of Bell et al. 2020).
     """
 
     enabled: bool = False
@@ -55,6 +62,10 @@ class SecureAggregationSettings:
     levels: int = 0
     degree: int = 0
     threshold: int = 0
+    corrupt_fraction: float = 0.05
+    dropout_fraction: float = 0.1
+    sigma: int = 40
+    eta: int = 20
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureAggregationSettings:
@@ -67,6 +78,12 @@ class SecureAggregationSettings:
         def at_least(low: int):
             return lambda v: v >= low
 
+        def fraction(v: float) -> bool:
+            return 0 <= v < 1
+
+        def bits(v: int) -> bool:
+            return 1 <= v <= 128
+
         settings = cls(
             enabled=read(config, ENABLED_KEY, bool, d.enabled),
             clip=read(config, KEYS["clip"], float, d.clip, finite_positive, "a finite number > 0"),
@@ -76,6 +93,14 @@ class SecureAggregationSettings:
             threshold=read(
                 config, KEYS["threshold"], int, d.threshold, at_least(0), ">= 0 (0 = auto)"
             ),
+            corrupt_fraction=read(
+                config, KEYS["corrupt_fraction"], float, d.corrupt_fraction, fraction, "in [0, 1)"
+            ),
+            dropout_fraction=read(
+                config, KEYS["dropout_fraction"], float, d.dropout_fraction, fraction, "in [0, 1)"
+            ),
+            sigma=read(config, KEYS["sigma"], int, d.sigma, bits, "an integer in [1, 128]"),
+            eta=read(config, KEYS["eta"], int, d.eta, bits, "an integer in [1, 128]"),
         )
         if settings.levels == 1:
             raise ConfigError(KEYS["levels"], "must be 0 (auto) or at least 2")
@@ -104,6 +129,10 @@ class SecureAggregationSettings:
             max_weight=1 if uniform_weights else self.max_weight,
             degree=self.degree,
             threshold=self.threshold,
+            corrupt_fraction=self.corrupt_fraction,
+            dropout_fraction=self.dropout_fraction,
+            sigma=self.sigma,
+            eta=self.eta,
         )
 
     def dropout_warning(self, num_clients: int, *, limit: int = 1000) -> str | None:

@@ -30,6 +30,7 @@ def all_settings() -> list[Setting]:
     import fedvlm.runtime  # noqa: F401
     import fedvlm.site_metrics  # noqa: F401
     import privacy.account_store  # noqa: F401
+    import privacy.secagg.settings  # noqa: F401
     import privacy.settings  # noqa: F401
     import strategies.settings  # noqa: F401
 

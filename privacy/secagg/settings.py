@@ -18,14 +18,109 @@ from typing import Any
 import numpy as np
 
 from fedvlm.errors import ConfigError
-from fedvlm.settings_registry import read
+from fedvlm.settings_registry import setting
 
 from .config import KEYS, SecAggConfig
 from .errors import CoordinatorMisbehaviourError, MalformedPayloadError
 
 log = logging.getLogger(__name__)
 
-ENABLED_KEY = "secure-aggregation"
+
+def _finite_positive(v: float) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _auto_or_count(v: int) -> bool:
+    return v >= 0
+
+
+def _fraction(v: float) -> bool:
+    return 0 <= v < 1
+
+
+def _bits(v: int) -> bool:
+    return 1 <= v <= 128
+
+
+_AUTO = ">= 0 (0 = auto)"
+ENABLED = setting(
+    "secure-aggregation",
+    bool,
+    False,
+    "Aggregate train replies with SecAgg+: the coordinator learns only the sum.",
+)
+CLIP = setting(
+    KEYS["clip"],
+    float,
+    10.0,
+    "L2 norm each update is clipped to before masking.",
+    check=_finite_positive,
+    expect="a finite number > 0",
+)
+MAX_WEIGHT = setting(
+    KEYS["max_weight"],
+    int,
+    1000,
+    "A site's weight is its example count capped at this.",
+    check=lambda v: v >= 1,
+    expect=">= 1",
+)
+LEVELS = setting(
+    KEYS["levels"],
+    int,
+    0,
+    "Quantisation levels; 0: the most whose sum still fits 32 bits.",
+    check=_auto_or_count,
+    expect=_AUTO,
+)
+DEGREE = setting(
+    KEYS["degree"],
+    int,
+    0,
+    "Neighbours per site; 0: derived from the threat model.",
+    check=_auto_or_count,
+    expect=_AUTO,
+)
+THRESHOLD = setting(
+    KEYS["threshold"],
+    int,
+    0,
+    "Shares that rebuild a secret; 0: derived from the threat model.",
+    check=_auto_or_count,
+    expect=_AUTO,
+)
+CORRUPT_FRACTION = setting(
+    KEYS["corrupt_fraction"],
+    float,
+    0.05,
+    "γ: share of sites that may collude with the coordinator (at least one when > 0).",
+    check=_fraction,
+    expect="in [0, 1)",
+)
+DROPOUT_FRACTION = setting(
+    KEYS["dropout_fraction"],
+    float,
+    0.1,
+    "δ: share of sites that may drop out mid-round.",
+    check=_fraction,
+    expect="in [0, 1)",
+)
+SIGMA = setting(
+    KEYS["sigma"],
+    int,
+    40,
+    "Privacy fails with probability at most 2^-sigma.",
+    check=_bits,
+    expect="an integer in [1, 128]",
+)
+ETA = setting(
+    KEYS["eta"],
+    int,
+    20,
+    "Correctness fails with probability at most 2^-eta.",
+    check=_bits,
+    expect="an integer in [1, 128]",
+)
 
 
 @dataclass(frozen=True)
@@ -56,51 +151,31 @@ class SecureAggregationSettings:
         most 2^-sigma and 2^-eta (40 and 20, the values of Bell et al. 2020).
     """
 
-    enabled: bool = False
-    clip: float = 10.0
-    max_weight: int = 1000
-    levels: int = 0
-    degree: int = 0
-    threshold: int = 0
-    corrupt_fraction: float = 0.05
-    dropout_fraction: float = 0.1
-    sigma: int = 40
-    eta: int = 20
+    enabled: bool = ENABLED.default
+    clip: float = CLIP.default
+    max_weight: int = MAX_WEIGHT.default
+    levels: int = LEVELS.default
+    degree: int = DEGREE.default
+    threshold: int = THRESHOLD.default
+    corrupt_fraction: float = CORRUPT_FRACTION.default
+    dropout_fraction: float = DROPOUT_FRACTION.default
+    sigma: int = SIGMA.default
+    eta: int = ETA.default
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureAggregationSettings:
         """Parse a Flower ``run_config``; raises ConfigError naming the key at fault."""
-        d = cls()
-
-        def finite_positive(v: float) -> bool:
-            return math.isfinite(v) and v > 0
-
-        def at_least(low: int):
-            return lambda v: v >= low
-
-        def fraction(v: float) -> bool:
-            return 0 <= v < 1
-
-        def bits(v: int) -> bool:
-            return 1 <= v <= 128
-
         settings = cls(
-            enabled=read(config, ENABLED_KEY, bool, d.enabled),
-            clip=read(config, KEYS["clip"], float, d.clip, finite_positive, "a finite number > 0"),
-            max_weight=read(config, KEYS["max_weight"], int, d.max_weight, at_least(1), ">= 1"),
-            levels=read(config, KEYS["levels"], int, d.levels, at_least(0), ">= 0 (0 = auto)"),
-            degree=read(config, KEYS["degree"], int, d.degree, at_least(0), ">= 0 (0 = auto)"),
-            threshold=read(
-                config, KEYS["threshold"], int, d.threshold, at_least(0), ">= 0 (0 = auto)"
-            ),
-            corrupt_fraction=read(
-                config, KEYS["corrupt_fraction"], float, d.corrupt_fraction, fraction, "in [0, 1)"
-            ),
-            dropout_fraction=read(
-                config, KEYS["dropout_fraction"], float, d.dropout_fraction, fraction, "in [0, 1)"
-            ),
-            sigma=read(config, KEYS["sigma"], int, d.sigma, bits, "an integer in [1, 128]"),
-            eta=read(config, KEYS["eta"], int, d.eta, bits, "an integer in [1, 128]"),
+            enabled=ENABLED.read(config),
+            clip=CLIP.read(config),
+            max_weight=MAX_WEIGHT.read(config),
+            levels=LEVELS.read(config),
+            degree=DEGREE.read(config),
+            threshold=THRESHOLD.read(config),
+            corrupt_fraction=CORRUPT_FRACTION.read(config),
+            dropout_fraction=DROPOUT_FRACTION.read(config),
+            sigma=SIGMA.read(config),
+            eta=ETA.read(config),
         )
         if settings.levels == 1:
             raise ConfigError(KEYS["levels"], "must be 0 (auto) or at least 2")
@@ -183,7 +258,7 @@ def check_offered(
     """
     if not settings.enabled:
         raise CoordinatorMisbehaviourError(
-            f"the coordinator asks for secure aggregation but this run has {ENABLED_KEY} = false"
+            f"the coordinator asks for secure aggregation but this run has {ENABLED.key} = false"
         )
     expected = settings.round_config(offered.num_clients, uniform_weights=uniform_weights)
     got, want = offered.to_dict(), expected.to_dict()

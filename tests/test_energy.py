@@ -9,28 +9,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from energy_helpers import reading as made_reading
 
-from fedvlm.codecarbon_adapter import (
-    PRIVATE_ATTRIBUTES,
-    check_codecarbon_version,
-    shared_tracker,
-)
+from coordinator.energy_block import round_energy
 from fedvlm.energy import (
-    DEFAULT_NETWORK_KWH_PER_GB,
     EnergyMeter,
     EnergyReading,
     EnergySettings,
-    IntensitySource,
-    Method,
     add_readings,
-    decode_method_code,
-    method_code,
     metrics_to_reading,
-    network_energy,
-    network_kwh_per_gb,
     reading_to_metrics,
-    round_energy,
 )
+from fedvlm.energy.codecarbon_adapter import (
+    PRIVATE_ATTRIBUTES,
+    Method,
+    check_codecarbon_version,
+    shared_tracker,
+)
+from fedvlm.energy.metrics import decode_method_code, method_code
+from fedvlm.energy.network import DEFAULT_NETWORK_KWH_PER_GB, network_energy
+from fedvlm.energy.settings import IntensitySource, network_kwh_per_gb
 from fedvlm.errors import ConfigError, FedVLMError
 
 
@@ -67,8 +65,16 @@ def test_real_training_uses_nonzero_energy(measured: tuple[EnergyReading, Path])
     assert reading.cpu_kwh > 0
     assert reading.ram_kwh > 0
     assert reading.kwh == pytest.approx(reading.cpu_kwh + reading.gpu_kwh + reading.ram_kwh)
-    assert reading.cpu_method in {"RAPL", "TDP estimate", "constant", "hardware counter"}
-    assert reading.ram_method.startswith("constant (") and reading.ram_method.endswith(" W)")
+    assert reading.methods.cpu in {
+        Method.RAPL,
+        Method.TDP_ESTIMATE,
+        Method.CONSTANT,
+        Method.COUNTER,
+    }
+    assert reading.methods.ram is Method.CONSTANT and reading.ram_watts > 0
+    # RAM's constant power over the block's duration is its energy (kWh = W x s / 3.6e6).
+    assert reading.ram_kwh == pytest.approx(reading.ram_watts * reading.seconds / 3.6e6, rel=0.05)
+    assert reading.labels["ram"] == f"constant ({reading.ram_watts:.1f} W)"
 
 
 def test_tracker_leaves_no_files_behind(measured: tuple[EnergyReading, Path]) -> None:
@@ -80,7 +86,8 @@ def test_carbon_is_kwh_times_the_sites_explicit_intensity(
     measured: tuple[EnergyReading, Path],
 ) -> None:
     reading, _ = measured
-    assert reading.intensity_source == "explicit"
+    assert reading.intensity_source is IntensitySource.EXPLICIT
+    assert reading.intensity_text == "explicit"
     assert reading.co2_kg == reading.kwh * 100.0 / 1000.0
     meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=250.0))
     with meter.measure() as handle:
@@ -99,6 +106,26 @@ def test_measurements_cannot_overlap_in_one_process() -> None:
         pass
 
 
+def test_work_between_measurements_is_not_counted() -> None:
+    """A measurement counts its own block only, not what the process did since the last one.
+
+    The tracker lives as long as the process; each block opens its own window. Mutation: not
+    resetting the devices' baselines in `SharedTracker.open_window` makes the empty block carry
+    the unmetered training before it, and this test fail.
+    """
+    meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=100.0))
+    with meter.measure() as busy:
+        _train_a_little(steps=30)
+    _train_a_little(steps=30)  # the same work again, outside any measurement
+    with meter.measure() as empty:
+        pass
+    assert busy.reading is not None and empty.reading is not None
+    assert busy.reading.cpu_kwh > 0
+    assert empty.reading.cpu_kwh < busy.reading.cpu_kwh / 10
+    assert empty.reading.ram_kwh < busy.reading.ram_kwh / 10
+    assert empty.reading.seconds < busy.reading.seconds / 10
+
+
 def test_disabled_meter_reports_time_but_no_energy() -> None:
     meter = EnergyMeter(EnergySettings(enabled=False, country_iso_code="FRA"))
     with meter.measure() as handle:
@@ -106,28 +133,31 @@ def test_disabled_meter_reports_time_but_no_energy() -> None:
     reading = handle.reading
     assert reading is not None and reading.seconds > 0
     assert (reading.kwh, reading.co2_kg) == (0.0, 0.0)
-    assert (reading.cpu_method, reading.gpu_method, reading.ram_method) == ("none",) * 3
+    assert reading.labels == {"cpu": "none", "gpu": "none", "ram": "none"}
 
 
 def test_reading_survives_the_metric_record(measured: tuple[EnergyReading, Path]) -> None:
-    reading, _ = measured
-    for source in (
+    measured_reading, _ = measured
+    for settings in (
         EnergySettings(carbon_intensity_g_per_kwh=100.0),
         EnergySettings(country_iso_code="SWE"),
         EnergySettings(),
     ):
-        intensity, _ = source.intensity
-        moved = EnergyReading(
-            **{
-                **reading.__dict__,
-                "intensity_g_per_kwh": intensity,
-                "intensity_source": source.intensity_source,
-            }
+        moved = EnergyReading.at_site(
+            settings,
+            measured_reading.methods,
+            measured_reading.seconds,
+            measured_reading.cpu_kwh,
+            measured_reading.gpu_kwh,
+            measured_reading.ram_kwh,
+            measured_reading.ram_watts,
         )
         metrics = reading_to_metrics(moved)
         assert all(type(value) in (int, float) for value in metrics.values())
-        assert metrics_to_reading(metrics) == moved
-    assert metrics_to_reading(reading_to_metrics(reading)).country_iso_code is None
+        back = metrics_to_reading(metrics)
+        assert back == moved
+        assert back.intensity_text == settings.intensity_source
+    assert metrics_to_reading(reading_to_metrics(measured_reading)).country_iso_code is None
 
 
 def test_method_code_round_trips() -> None:
@@ -181,25 +211,9 @@ def test_network_energy_is_bytes_times_coefficient() -> None:
     assert kg == pytest.approx(kwh * 0.4, rel=1e-15)
 
 
-def _reading(kwh: float, intensity: float, source: str = "explicit") -> EnergyReading:
-    return EnergyReading(
-        seconds=2.0,
-        cpu_kwh=kwh / 4,
-        gpu_kwh=0.0,
-        ram_kwh=kwh * 3 / 4,
-        kwh=kwh,
-        co2_kg=kwh * intensity / 1000,
-        intensity_g_per_kwh=intensity,
-        intensity_source=source,
-        cpu_method="TDP estimate",
-        gpu_method="none",
-        ram_method="constant (10.0 W)",
-    )
-
-
 def test_round_block_parts_sum_to_totals() -> None:
-    nodes = {"site-a": _reading(1e-5, 50.0), "site-b": _reading(3e-5, 700.0)}
-    coordinator = _reading(2e-6, 475.0, "world average (fallback)")
+    nodes = {"site-a": made_reading(1e-5, 50.0), "site-b": made_reading(3e-5, 700.0)}
+    coordinator = made_reading(2e-6, 475.0, IntensitySource.FALLBACK)
     up = {"site-a": 4_000_000, "site-b": 6_000_000}
     block = round_energy(nodes, coordinator, up, bytes_down=20_000_000, kwh_per_gb=0.05)
 
@@ -222,7 +236,9 @@ def test_round_block_parts_sum_to_totals() -> None:
 
 
 def test_add_readings_sums_a_nodes_train_and_evaluate() -> None:
-    total = add_readings(_reading(1e-5, 50.0), _reading(3e-5, 50.0))
+    total = add_readings(
+        made_reading(1e-5, 50.0, seconds=2.0), made_reading(3e-5, 50.0, seconds=2.0)
+    )
     assert total.kwh == pytest.approx(4e-5) and total.co2_kg == pytest.approx(4e-5 * 0.05)
     assert total.seconds == 4.0
 

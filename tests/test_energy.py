@@ -5,8 +5,10 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from energy_helpers import reading as made_reading
@@ -124,6 +126,30 @@ def test_work_between_measurements_is_not_counted() -> None:
     assert empty.reading.cpu_kwh < busy.reading.cpu_kwh / 10
     assert empty.reading.ram_kwh < busy.reading.ram_kwh / 10
     assert empty.reading.seconds < busy.reading.seconds / 10
+
+
+def test_a_child_process_work_is_counted_from_one_walk_of_proc() -> None:
+    """A running child's CPU time counts, with codecarbon's two readings sharing one /proc walk.
+
+    Mutation: an empty process table in `codecarbon_adapter._one_process_table` hides the child
+    from the closing reading and makes the first assertion fail.
+    """
+    burn = "import time\nend = time.time() + 5\nwhile time.time() < end:\n    pass\n"
+    meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=100.0))
+    walk = psutil._ppid_map
+    with meter.measure() as idle:
+        time.sleep(0.5)
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(0.3)  # the child is running before the window opens, as codecarbon needs
+        with meter.measure() as busy:
+            time.sleep(0.5)
+    finally:
+        child.kill()
+        child.wait()
+    assert busy.reading is not None and idle.reading is not None
+    assert busy.reading.cpu_kwh > 1.5 * idle.reading.cpu_kwh
+    assert psutil._ppid_map is walk  # psutil is left as it was
 
 
 def test_disabled_meter_reports_time_but_no_energy() -> None:
@@ -280,7 +306,7 @@ def test_the_private_attributes_the_adapter_names_exist_in_installed_codecarbon(
     from codecarbon.external.hardware import CPU
 
     tracker = shared_tracker()
-    owners = {"BaseEmissionsTracker": tracker.tracker, "Emissions": Emissions}
+    owners = {"BaseEmissionsTracker": tracker.tracker, "Emissions": Emissions, "psutil": psutil}
     cpus = [device for device in tracker.tracker._hardware if isinstance(device, CPU)]
     if cpus:
         owners["CPU"] = cpus[0]

@@ -17,11 +17,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
 from importlib.metadata import version
 from typing import Any
+
+import psutil
 
 from fedvlm.errors import FedVLMError
 
@@ -40,6 +44,7 @@ PRIVATE_ATTRIBUTES = {
     ),
     "CPU": ("_mode",),
     "Emissions": ("_global_energy_mix_to_emissions_rate",),
+    "psutil": ("_ppid_map",),  # see `_one_process_table`; absent -> slower, never wrong
 }
 
 #: codecarbon releases whose private attributes above were read and found as used here:
@@ -231,7 +236,8 @@ class SharedTracker:
             tracker._total_gpu_energy.kWh,
             tracker._total_ram_energy.kWh,
         )
-        tracker._measure_power_and_energy()
+        with _one_process_table():
+            tracker._measure_power_and_energy()
         return WindowEnergy(
             cpu_kwh=tracker._total_cpu_energy.kWh - before[0],
             gpu_kwh=tracker._total_gpu_energy.kWh - before[1],
@@ -242,6 +248,28 @@ class SharedTracker:
     def hardware_info(self) -> dict[str, Any]:
         """codecarbon's description of this machine (CPU model and count, GPU, RAM)."""
         return self.tracker.get_detected_hardware()
+
+
+@contextmanager
+def _one_process_table() -> Iterator[None]:
+    """Let codecarbon's CPU and RAM readings of one measurement share one walk of /proc.
+
+    In process mode each of the two asks psutil for this process's descendants, and psutil
+    finds them by reading the parent of every process on the machine (`psutil._ppid_map`):
+    two walks of /proc a millisecond apart, the bulk of a measurement's cost, growing with the
+    machine's process count. Within this block psutil answers both from one walk; the figures
+    are the same. Should a psutil release drop `_ppid_map`, each reading walks /proc again.
+    """
+    walk = getattr(psutil, "_ppid_map", None)
+    if walk is None:
+        yield
+        return
+    table = walk()
+    psutil._ppid_map = lambda: table
+    try:
+        yield
+    finally:
+        psutil._ppid_map = walk
 
 
 def detect_methods(tracker: Any) -> ComponentMethods:

@@ -176,14 +176,15 @@ class SharedTracker:
 
     Building a tracker costs ~1.5 s (most of it `cpuinfo` detecting the CPU model), so it is
     built once, and hardware detection runs in a background thread as soon as the first meter
-    exists (it overlaps with model loading). A window then costs what codecarbon's own
-    measurement costs and nothing more: `open_window` sets each device's baseline (in process
-    mode, one scan of the process tree's CPU times), `close_window` runs codecarbon's measuring
-    step once and returns the growth of its cumulative totals. `start_task` / `stop_task` wrap
-    the same steps in a monitor-thread restart, two more emissions summaries and task
-    bookkeeping, which made them ~3x as costly per measurement; their 1 s monitor thread only
-    averages power for a GPU without an energy counter, which then reads its power once per
-    window instead (docs/architecture.md#codecarbon-33).
+    exists (it overlaps with model loading). A window then costs codecarbon's own measuring and
+    nothing more: `open_window` sets each device's baseline (in process mode, the CPU times of
+    this process tree), `close_window` runs codecarbon's measuring step once and returns the
+    growth of its cumulative totals. Each of the two walks /proc once to find the tree
+    (`_one_process_table`); `start_task` / `stop_task` walked it three times per window, and
+    added a monitor-thread restart (the thread then walked it again every second), two
+    emissions summaries and task bookkeeping. That 1 s monitor only averages the power of a GPU
+    without an energy counter, which now reads its power once per window instead
+    (docs/architecture.md#codecarbon-33).
     """
 
     def __init__(self) -> None:

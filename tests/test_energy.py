@@ -117,8 +117,8 @@ def test_work_between_measurements_is_not_counted() -> None:
     """
     meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=100.0))
     with meter.measure() as busy:
-        _train_a_little(steps=30)
-    _train_a_little(steps=60)  # twice that work, outside any measurement
+        _train_a_little(steps=60)
+    _train_a_little(steps=120)  # twice that work, outside any measurement
     with meter.measure() as empty:
         pass
     assert busy.reading is not None and empty.reading is not None

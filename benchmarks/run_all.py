@@ -274,10 +274,14 @@ def energy(sizes: Sizes, log: Path) -> list[Figure]:
     return [
         Figure(
             5,
-            "energy tracking: round with / without",
-            f"{figures['ratio']:.3f}x (+ {figures['startup_s']:.1f} s once per process)",
+            f"energy tracking overhead, % of round time (target < {figures['target_pct']:g}%)",
+            f"{figures['overhead_pct']:.2f}% ({figures['measurement_ms']:.1f} ms per "
+            f"measurement, 2 per {figures['plain_s']:.2f} s round; + {figures['startup_s']:.1f} s "
+            f"once per process); paired rounds with / without {figures['ratio']:.3f}x "
+            f"({figures['ratio_min']:.3f} .. {figures['ratio_max']:.3f})",
             f"bench_energy.py {' '.join(sizes.energy_args)}: train + evaluate of a "
-            "client-sized model, each wrapped in EnergyMeter.measure(), alternating pairs, "
+            "client-sized model, each wrapped in EnergyMeter.measure(); overhead = 2 x the "
+            "median cost of a measurement / the median untracked round; pairs alternate, "
             "median ratio",
         ),
     ]

@@ -67,10 +67,7 @@ def _prepare(msg: Message, context: Context):
 
 def _meter(context: Context) -> EnergyMeter:
     """This site's energy meter: the run switches tracking, the site gives its intensity."""
-    config = dict(context.node_config)
-    if "energy-tracking" in context.run_config:
-        config.setdefault("energy-tracking", context.run_config["energy-tracking"])
-    return EnergyMeter(EnergySettings.from_config(config))
+    return EnergyMeter(EnergySettings.for_site(context.node_config, context.run_config))
 
 
 def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any]]:

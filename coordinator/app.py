@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 from coordinator import console, site_evaluation
 from coordinator.central_set import central_set
 from coordinator.checkpoint import open_resumed, save_checkpoint
+from coordinator.energy_block import round_energy
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import (
     RoundFailedError,
@@ -40,13 +41,8 @@ from fedvlm.adapter import (
     set_adapter_state,
 )
 from fedvlm.config import RunSettings
-from fedvlm.energy import (
-    EnergyMeter,
-    EnergySettings,
-    add_readings,
-    network_kwh_per_gb,
-    round_energy,
-)
+from fedvlm.energy import EnergyMeter, EnergySettings, add_readings
+from fedvlm.energy.settings import network_kwh_per_gb
 from fedvlm.ledger_schema import LedgerRow, headline_sentence
 from fedvlm.training import evaluate
 from fedvlm.vlm import initial_adapter, load_peft_model
@@ -152,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
     warning = guard.snr_warning(global_adapter)
     if warning:
         print(f"fedvlm: warning: {warning}", flush=True)
-    meter = EnergyMeter(EnergySettings.from_config(context.run_config, prefix="coordinator-"))
+    meter = EnergyMeter(EnergySettings.for_coordinator(context.run_config))
     kwh_per_gb = network_kwh_per_gb(context.run_config)
 
     first_round = 1

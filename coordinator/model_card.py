@@ -17,7 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from fedvlm.energy import DEFAULT_NETWORK_KWH_PER_GB, method_from_label
+from fedvlm.energy.codecarbon_adapter import Method
+from fedvlm.energy.network import DEFAULT_NETWORK_KWH_PER_GB
 from fedvlm.ledger_schema import (
     COORDINATOR,
     NETWORK,
@@ -55,7 +56,7 @@ def _method_kind(label: str) -> str:
     if label == "none":
         return "not present"
     try:
-        return "estimate" if method_from_label(label).is_estimate else "measured"
+        return "estimate" if Method.from_label(label).is_estimate else "measured"
     except ValueError:
         return "unclassified"
 

@@ -14,8 +14,8 @@ from typing import Any
 from peft import PeftModel
 
 from fedvlm.atomic import write_atomic
-from fedvlm.codecarbon_adapter import describe_hardware
 from fedvlm.config import RunSettings
+from fedvlm.energy.codecarbon_adapter import describe_hardware
 from fedvlm.errors import FedVLMError
 from fedvlm.vlm import resolve_model_path
 

@@ -77,7 +77,7 @@ class LedgerRow:
         Bytes of updates received / global adapters sent this round, all sites together.
     energy : dict
         Energy and carbon of the round by part, and the run's totals so far
-        (`fedvlm.energy.round_energy`).
+        (`coordinator.energy_block.round_energy`).
     peak_gpu_mb, train_seconds : dict
         Node id -> that site's peak GPU memory / seconds of local training.
     seconds : float

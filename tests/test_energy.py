@@ -5,32 +5,32 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
+from energy_helpers import reading as made_reading
 
-from fedvlm.codecarbon_adapter import (
-    PRIVATE_ATTRIBUTES,
-    check_codecarbon_version,
-    shared_tracker,
-)
+from coordinator.energy_block import round_energy
 from fedvlm.energy import (
-    DEFAULT_NETWORK_KWH_PER_GB,
     EnergyMeter,
     EnergyReading,
     EnergySettings,
-    IntensitySource,
-    Method,
     add_readings,
-    decode_method_code,
-    method_code,
     metrics_to_reading,
-    network_energy,
-    network_kwh_per_gb,
     reading_to_metrics,
-    round_energy,
 )
+from fedvlm.energy.codecarbon_adapter import (
+    PRIVATE_ATTRIBUTES,
+    Method,
+    check_codecarbon_version,
+    shared_tracker,
+)
+from fedvlm.energy.metrics import decode_method_code, method_code
+from fedvlm.energy.network import DEFAULT_NETWORK_KWH_PER_GB, network_energy
+from fedvlm.energy.settings import IntensitySource, network_kwh_per_gb
 from fedvlm.errors import ConfigError, FedVLMError
 
 
@@ -67,8 +67,16 @@ def test_real_training_uses_nonzero_energy(measured: tuple[EnergyReading, Path])
     assert reading.cpu_kwh > 0
     assert reading.ram_kwh > 0
     assert reading.kwh == pytest.approx(reading.cpu_kwh + reading.gpu_kwh + reading.ram_kwh)
-    assert reading.cpu_method in {"RAPL", "TDP estimate", "constant", "hardware counter"}
-    assert reading.ram_method.startswith("constant (") and reading.ram_method.endswith(" W)")
+    assert reading.methods.cpu in {
+        Method.RAPL,
+        Method.TDP_ESTIMATE,
+        Method.CONSTANT,
+        Method.COUNTER,
+    }
+    assert reading.methods.ram is Method.CONSTANT and reading.ram_watts > 0
+    # RAM's constant power over the block's duration is its energy (kWh = W x s / 3.6e6).
+    assert reading.ram_kwh == pytest.approx(reading.ram_watts * reading.seconds / 3.6e6, rel=0.05)
+    assert reading.labels["ram"] == f"constant ({reading.ram_watts:.1f} W)"
 
 
 def test_tracker_leaves_no_files_behind(measured: tuple[EnergyReading, Path]) -> None:
@@ -80,7 +88,8 @@ def test_carbon_is_kwh_times_the_sites_explicit_intensity(
     measured: tuple[EnergyReading, Path],
 ) -> None:
     reading, _ = measured
-    assert reading.intensity_source == "explicit"
+    assert reading.intensity_source is IntensitySource.EXPLICIT
+    assert reading.intensity_text == "explicit"
     assert reading.co2_kg == reading.kwh * 100.0 / 1000.0
     meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=250.0))
     with meter.measure() as handle:
@@ -99,6 +108,50 @@ def test_measurements_cannot_overlap_in_one_process() -> None:
         pass
 
 
+def test_work_between_measurements_is_not_counted() -> None:
+    """A measurement counts its own block only, not what the process did since the last one.
+
+    The tracker lives as long as the process; each block opens its own window. Mutation: not
+    resetting the devices' baselines in `SharedTracker.open_window` makes the empty block carry
+    the unmetered training before it, and this test fail.
+    """
+    meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=100.0))
+    with meter.measure() as busy:
+        _train_a_little(steps=60)
+    _train_a_little(steps=120)  # twice that work, outside any measurement
+    with meter.measure() as empty:
+        pass
+    assert busy.reading is not None and empty.reading is not None
+    assert busy.reading.cpu_kwh > 0
+    # Not 0: CPU times tick in 10 ms, and the closing reading's own work is in its window.
+    assert empty.reading.cpu_kwh < busy.reading.cpu_kwh / 2
+    assert empty.reading.ram_kwh < busy.reading.ram_kwh / 2
+
+
+def test_a_child_process_work_is_counted_from_one_walk_of_proc() -> None:
+    """A running child's CPU time counts, with codecarbon's two readings sharing one /proc walk.
+
+    Mutation: an empty process table in `codecarbon_adapter._one_process_table` hides the child
+    from the closing reading and makes the first assertion fail.
+    """
+    burn = "import time\nend = time.time() + 5\nwhile time.time() < end:\n    pass\n"
+    meter = EnergyMeter(EnergySettings(carbon_intensity_g_per_kwh=100.0))
+    walk = psutil._ppid_map
+    with meter.measure() as idle:
+        time.sleep(0.5)
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(0.3)  # the child is running before the window opens, as codecarbon needs
+        with meter.measure() as busy:
+            time.sleep(0.5)
+    finally:
+        child.kill()
+        child.wait()
+    assert busy.reading is not None and idle.reading is not None
+    assert busy.reading.cpu_kwh > 1.5 * idle.reading.cpu_kwh
+    assert psutil._ppid_map is walk  # psutil is left as it was
+
+
 def test_disabled_meter_reports_time_but_no_energy() -> None:
     meter = EnergyMeter(EnergySettings(enabled=False, country_iso_code="FRA"))
     with meter.measure() as handle:
@@ -106,33 +159,45 @@ def test_disabled_meter_reports_time_but_no_energy() -> None:
     reading = handle.reading
     assert reading is not None and reading.seconds > 0
     assert (reading.kwh, reading.co2_kg) == (0.0, 0.0)
-    assert (reading.cpu_method, reading.gpu_method, reading.ram_method) == ("none",) * 3
+    assert reading.labels == {"cpu": "none", "gpu": "none", "ram": "none"}
 
 
 def test_reading_survives_the_metric_record(measured: tuple[EnergyReading, Path]) -> None:
-    reading, _ = measured
-    for source in (
+    measured_reading, _ = measured
+    for settings in (
         EnergySettings(carbon_intensity_g_per_kwh=100.0),
         EnergySettings(country_iso_code="SWE"),
         EnergySettings(),
     ):
-        intensity, _ = source.intensity
-        moved = EnergyReading(
-            **{
-                **reading.__dict__,
-                "intensity_g_per_kwh": intensity,
-                "intensity_source": source.intensity_source,
-            }
+        moved = EnergyReading.at_site(
+            settings,
+            measured_reading.methods,
+            measured_reading.seconds,
+            measured_reading.cpu_kwh,
+            measured_reading.gpu_kwh,
+            measured_reading.ram_kwh,
+            measured_reading.ram_watts,
         )
         metrics = reading_to_metrics(moved)
         assert all(type(value) in (int, float) for value in metrics.values())
-        assert metrics_to_reading(metrics) == moved
-    assert metrics_to_reading(reading_to_metrics(reading)).country_iso_code is None
+        back = metrics_to_reading(metrics)
+        assert back == moved
+        assert back.intensity_text == settings.intensity_source
+    assert metrics_to_reading(reading_to_metrics(measured_reading)).country_iso_code is None
 
 
 def test_method_code_round_trips() -> None:
     for cpu, gpu, ram, source in itertools.product(Method, Method, Method, IntensitySource):
         assert decode_method_code(method_code(cpu, gpu, ram, source)) == (cpu, gpu, ram, source)
+
+
+def test_a_ledger_label_names_its_method() -> None:
+    """The report reads methods back from the ledger's labels, RAM's with its power."""
+    for method in Method:
+        assert Method.from_label(method.label_at(10.0)) is method
+    assert Method.CONSTANT.label_at(10.0) == "constant (10.0 W)"
+    with pytest.raises(ValueError, match="unknown"):
+        Method.from_label("guess")
 
 
 def test_intensity_precedence_and_country_data() -> None:
@@ -165,10 +230,16 @@ def test_bad_settings_name_their_key(config: dict, prefix: str, key: str) -> Non
 def test_settings_from_config() -> None:
     node = EnergySettings.from_config({"country-iso-code": "deu", "carbon-intensity": ""})
     assert node == EnergySettings(enabled=True, country_iso_code="DEU")
-    coordinator = EnergySettings.from_config(
-        {"energy-tracking": False, "coordinator-carbon-intensity": 30}, prefix="coordinator-"
+    coordinator = EnergySettings.for_coordinator(
+        {"energy-tracking": False, "coordinator-carbon-intensity": 30, "carbon-intensity": 9}
     )
     assert coordinator == EnergySettings(enabled=False, carbon_intensity_g_per_kwh=30.0)
+    # A site: the run switches tracking unless the site's own node config says otherwise.
+    run = {"energy-tracking": False, "coordinator-carbon-intensity": 30}
+    assert EnergySettings.for_site({"carbon-intensity": 5}, run) == EnergySettings(
+        enabled=False, carbon_intensity_g_per_kwh=5.0
+    )
+    assert EnergySettings.for_site({"energy-tracking": True}, run).enabled
     assert network_kwh_per_gb({}) == DEFAULT_NETWORK_KWH_PER_GB
     assert network_kwh_per_gb({"network-kwh-per-gb": 0.01}) == 0.01
     with pytest.raises(ConfigError, match="network-kwh-per-gb"):
@@ -181,25 +252,9 @@ def test_network_energy_is_bytes_times_coefficient() -> None:
     assert kg == pytest.approx(kwh * 0.4, rel=1e-15)
 
 
-def _reading(kwh: float, intensity: float, source: str = "explicit") -> EnergyReading:
-    return EnergyReading(
-        seconds=2.0,
-        cpu_kwh=kwh / 4,
-        gpu_kwh=0.0,
-        ram_kwh=kwh * 3 / 4,
-        kwh=kwh,
-        co2_kg=kwh * intensity / 1000,
-        intensity_g_per_kwh=intensity,
-        intensity_source=source,
-        cpu_method="TDP estimate",
-        gpu_method="none",
-        ram_method="constant (10.0 W)",
-    )
-
-
 def test_round_block_parts_sum_to_totals() -> None:
-    nodes = {"site-a": _reading(1e-5, 50.0), "site-b": _reading(3e-5, 700.0)}
-    coordinator = _reading(2e-6, 475.0, "world average (fallback)")
+    nodes = {"site-a": made_reading(1e-5, 50.0), "site-b": made_reading(3e-5, 700.0)}
+    coordinator = made_reading(2e-6, 475.0, IntensitySource.FALLBACK)
     up = {"site-a": 4_000_000, "site-b": 6_000_000}
     block = round_energy(nodes, coordinator, up, bytes_down=20_000_000, kwh_per_gb=0.05)
 
@@ -222,7 +277,9 @@ def test_round_block_parts_sum_to_totals() -> None:
 
 
 def test_add_readings_sums_a_nodes_train_and_evaluate() -> None:
-    total = add_readings(_reading(1e-5, 50.0), _reading(3e-5, 50.0))
+    total = add_readings(
+        made_reading(1e-5, 50.0, seconds=2.0), made_reading(3e-5, 50.0, seconds=2.0)
+    )
     assert total.kwh == pytest.approx(4e-5) and total.co2_kg == pytest.approx(4e-5 * 0.05)
     assert total.seconds == 4.0
 
@@ -264,7 +321,7 @@ def test_the_private_attributes_the_adapter_names_exist_in_installed_codecarbon(
     from codecarbon.external.hardware import CPU
 
     tracker = shared_tracker()
-    owners = {"BaseEmissionsTracker": tracker.tracker, "Emissions": Emissions}
+    owners = {"BaseEmissionsTracker": tracker.tracker, "Emissions": Emissions, "psutil": psutil}
     cpus = [device for device in tracker.tracker._hardware if isinstance(device, CPU)]
     if cpus:
         owners["CPU"] = cpus[0]

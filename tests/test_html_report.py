@@ -13,31 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import load_page
+from energy_helpers import reading
 from PIL import Image
 
+from coordinator.energy_block import round_energy
 from coordinator.report import build_report
 from coordinator.site_evaluation import evaluation_block
-from fedvlm.energy import EnergyReading, round_energy
+from fedvlm.energy.settings import IntensitySource
 from fedvlm.site_metrics import SiteEvaluation
 
 NODES = ("11", "22", "33")
 ROUNDS = 3
-
-
-def _reading(kwh: float) -> EnergyReading:
-    return EnergyReading(
-        seconds=3.0,
-        cpu_kwh=kwh * 0.2,
-        gpu_kwh=0.0,
-        ram_kwh=kwh * 0.8,
-        kwh=kwh,
-        co2_kg=kwh * 0.3,
-        intensity_g_per_kwh=300.0,
-        intensity_source="country FRA",
-        cpu_method="TDP estimate",
-        gpu_method="none",
-        ram_method="constant (10.0 W)",
-    )
 
 
 def _site(accuracy: float, n: int) -> SiteEvaluation:
@@ -66,8 +52,8 @@ def run_dir(tmp_path: Path) -> Path:
     block = None
     for rnd in range(1, ROUNDS + 1):
         block = round_energy(
-            {n: _reading(1e-5 * rnd) for n in NODES},
-            _reading(2e-6),
+            {n: reading(1e-5 * rnd, 300.0, IntensitySource.COUNTRY, "FRA") for n in NODES},
+            reading(2e-6, 300.0, IntensitySource.COUNTRY, "FRA"),
             {n: 300_000 for n in NODES},
             900_000,
             0.06,

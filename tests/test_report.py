@@ -8,34 +8,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from energy_helpers import reading
 from huggingface_hub import ModelCard
 from PIL import Image
 
+from coordinator.energy_block import round_energy
 from coordinator.model_card import model_card
 from coordinator.report import build_report
-from fedvlm.energy import EnergyReading, round_energy
+from fedvlm.energy.settings import IntensitySource
 from fedvlm.errors import DataError
 
 ROUNDS = 3
 NODES = ("11", "22", "33")
 INTENSITY = {"11": 56.0, "22": 380.0, "33": 20.0}
 COUNTRY = {"11": "FRA", "22": "DEU", "33": "SWE"}
-
-
-def _reading(kwh: float, intensity: float, source: str) -> EnergyReading:
-    return EnergyReading(
-        seconds=3.0,
-        cpu_kwh=kwh * 0.2,
-        gpu_kwh=0.0,
-        ram_kwh=kwh * 0.8,
-        kwh=kwh,
-        co2_kg=kwh * intensity / 1000,
-        intensity_g_per_kwh=intensity,
-        intensity_source=source,
-        cpu_method="TDP estimate",
-        gpu_method="none",
-        ram_method="constant (10.0 W)",
-    )
 
 
 def _write_run(run_dir: Path, privacy: bool) -> list[dict]:
@@ -55,10 +41,10 @@ def _write_run(run_dir: Path, privacy: bool) -> list[dict]:
     for rnd in range(1, ROUNDS + 1):
         sites = list(NODES) if rnd != 2 else list(NODES[:2])  # site 33 drops in round 2
         nodes = {
-            n: _reading(1e-5 * rnd * (i + 1), INTENSITY[n], f"country {COUNTRY[n]}")
+            n: reading(1e-5 * rnd * (i + 1), INTENSITY[n], IntensitySource.COUNTRY, COUNTRY[n])
             for i, n in enumerate(sites)
         }
-        coordinator = _reading(2e-6, 475.0, "world average (fallback)")
+        coordinator = reading(2e-6, 475.0, IntensitySource.FALLBACK)
         block = round_energy(
             nodes, coordinator, {n: 300_000 for n in sites}, 900_000, 0.06, previous=block
         )

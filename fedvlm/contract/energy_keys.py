@@ -13,5 +13,5 @@ METRIC_RAM_WATTS = "energy-ram-watts"
 METRIC_EMISSIONS_KG = "emissions-kg"
 METRIC_SECONDS = "energy-seconds"
 METRIC_INTENSITY = "carbon-intensity"
-METRIC_METHOD = "energy-method"  # fedvlm.energy.method_code: methods and intensity source
+METRIC_METHOD = "energy-method"  # fedvlm.energy.metrics.method_code: methods and intensity source
 METRIC_COUNTRY = "energy-country"

@@ -1,14 +1,14 @@
 """codecarbon behind one small interface: the only module of ours that touches codecarbon.
 
-codecarbon has no public accessor for three things fedvlm needs, so this adapter reads its
-private attributes, named in `PRIVATE_ATTRIBUTES` and checked against the codecarbon versions
-in `CHECKED_VERSIONS` (the pin in pyproject.toml matches): a newer codecarbon is refused by
+codecarbon has no public accessor for what fedvlm needs, so this adapter reads its private
+attributes, named in `PRIVATE_ATTRIBUTES` and checked against the codecarbon versions in
+`CHECKED_VERSIONS` (the pin in pyproject.toml matches): a newer codecarbon is refused by
 `check_codecarbon_version` with what to do, instead of measuring silently wrong.
 
-What it offers the rest of fedvlm: one tracker per process measured by task deltas
-(`shared_tracker`), which method measured each component (`Method`, `ComponentMethods`), the
-country intensities codecarbon computes offline (`country_intensities`), and the hardware it
-detected (`describe_hardware`).
+What it offers the rest of fedvlm: one tracker per process, built once and measured in windows
+(`shared_tracker`, `SharedTracker.open_window` / `close_window`), which method measured each
+component (`Method`, `ComponentMethods`), the country intensities codecarbon computes offline
+(`country_intensities`), and the hardware it detected (`describe_hardware`).
 """
 
 from __future__ import annotations
@@ -16,19 +16,35 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
 from importlib.metadata import version
 from typing import Any
 
+import psutil
+
 from fedvlm.errors import FedVLMError
 
-#: The codecarbon private attributes this module reads, by owner (checked in 3.3.2).
+#: The codecarbon private attributes this module reads or calls, by owner (checked in 3.3.2).
+#: `BaseEmissionsTracker`'s are the measuring loop that `start_task` / `stop_task` wrap, used
+#: without the wrapping (see `SharedTracker`).
 PRIVATE_ATTRIBUTES = {
-    "BaseEmissionsTracker": ("_hardware",),
+    "BaseEmissionsTracker": (
+        "_hardware",
+        "_last_measured_time",
+        "_measure_power_and_energy",
+        "_total_cpu_energy",
+        "_total_gpu_energy",
+        "_total_ram_energy",
+        "_ram_power",
+    ),
     "CPU": ("_mode",),
     "Emissions": ("_global_energy_mix_to_emissions_rate",),
+    "psutil": ("_ppid_map",),  # see `_one_process_table`; absent -> slower, never wrong
 }
 
 #: codecarbon releases whose private attributes above were read and found as used here:
@@ -90,6 +106,26 @@ class Method(IntEnum):
         """True when the figure comes from a model of power, not from a meter."""
         return self in (Method.TDP_ESTIMATE, Method.CONSTANT)
 
+    def label_at(self, watts: float) -> str:
+        """The label with the constant's power, e.g. "constant (10.0 W)" (RAM's method)."""
+        return f"{self.label} ({watts:.1f} W)" if self is Method.CONSTANT else self.label
+
+    @classmethod
+    def from_label(cls, label: str) -> Method:
+        """The method behind a ledger label ("RAPL", "constant (10.0 W)", ...).
+
+        The ledger is JSON, so a report reading it back gets labels, not enums.
+
+        Raises
+        ------
+        ValueError
+            If the label is none of `label` / `label_at`'s.
+        """
+        for method in cls:
+            if label == method.label or label.startswith(f"{method.label} ("):
+                return method
+        raise ValueError(f"unknown energy method label {label!r}")
+
 
 _METHOD_LABELS = {
     Method.NONE: "none",
@@ -125,12 +161,30 @@ def country_intensities() -> dict[str, float]:
     }
 
 
-class SharedTracker:
-    """One codecarbon tracker per process, created once and measured by task deltas.
+@dataclass(frozen=True)
+class WindowEnergy:
+    """What codecarbon measured in one window: energy per component, and RAM's power."""
 
-    Starting a tracker costs ~1.5 s (most of it `cpuinfo` detecting the CPU model); a task
-    start/stop pair on a live tracker costs a few milliseconds. Hardware detection runs in a
-    background thread as soon as the first meter exists, so it overlaps with model loading.
+    cpu_kwh: float
+    gpu_kwh: float
+    ram_kwh: float
+    ram_watts: float
+
+
+class SharedTracker:
+    """One codecarbon tracker per process, built once and read in windows.
+
+    Building a tracker costs ~1.5 s (most of it `cpuinfo` detecting the CPU model), so it is
+    built once, and hardware detection runs in a background thread as soon as the first meter
+    exists (it overlaps with model loading). A window then costs codecarbon's own measuring and
+    nothing more: `open_window` sets each device's baseline (in process mode, the CPU times of
+    this process tree), `close_window` runs codecarbon's measuring step once and returns the
+    growth of its cumulative totals. Each of the two walks /proc once to find the tree
+    (`_one_process_table`); `start_task` / `stop_task` walked it three times per window, and
+    added a monitor-thread restart (the thread then walked it again every second), two
+    emissions summaries and task bookkeeping. That 1 s monitor only averages the power of a GPU
+    without an energy counter, which now reads its power once per window instead
+    (docs/architecture.md#codecarbon-33).
     """
 
     def __init__(self) -> None:
@@ -150,7 +204,7 @@ class SharedTracker:
             emissions_endpoint="",
             electricitymaps_api_token="",
             log_level=level.lower(),
-            measure_power_secs=3600,  # unused: task measurements never start the scheduler
+            measure_power_secs=3600,  # unused: the tracker's schedulers are never started
             allow_multiple_runs=True,
             force_carbon_intensity_g_co2e_kwh=WORLD_AVERAGE_G_PER_KWH,  # we recompute carbon
         )
@@ -162,21 +216,61 @@ class SharedTracker:
         self._methods: ComponentMethods | None = None
 
     def methods(self) -> ComponentMethods:
+        """The method of each component (known once hardware detection has finished)."""
         self._ready.join()
         if self._methods is None:
             self._methods = detect_methods(self.tracker)
         return self._methods
 
-    def start(self, name: str) -> None:
+    def open_window(self) -> None:
+        """Start measuring: every device's baseline is now (what `start_task` does first)."""
         self._ready.join()
-        self.tracker.start_task(name)
+        for device in self.tracker._hardware:
+            device.start()
+        self.tracker._last_measured_time = time.perf_counter()
 
-    def stop(self) -> Any:
-        return self.tracker.stop_task()
+    def close_window(self) -> WindowEnergy:
+        """Energy since `open_window`: codecarbon's totals after one measurement minus before."""
+        tracker = self.tracker
+        before = (
+            tracker._total_cpu_energy.kWh,
+            tracker._total_gpu_energy.kWh,
+            tracker._total_ram_energy.kWh,
+        )
+        with _one_process_table():
+            tracker._measure_power_and_energy()
+        return WindowEnergy(
+            cpu_kwh=tracker._total_cpu_energy.kWh - before[0],
+            gpu_kwh=tracker._total_gpu_energy.kWh - before[1],
+            ram_kwh=tracker._total_ram_energy.kWh - before[2],
+            ram_watts=float(tracker._ram_power.W),
+        )
 
     def hardware_info(self) -> dict[str, Any]:
         """codecarbon's description of this machine (CPU model and count, GPU, RAM)."""
         return self.tracker.get_detected_hardware()
+
+
+@contextmanager
+def _one_process_table() -> Iterator[None]:
+    """Let codecarbon's CPU and RAM readings of one measurement share one walk of /proc.
+
+    In process mode each of the two asks psutil for this process's descendants, and psutil
+    finds them by reading the parent of every process on the machine (`psutil._ppid_map`):
+    two walks of /proc a millisecond apart, the bulk of a measurement's cost, growing with the
+    machine's process count. Within this block psutil answers both from one walk; the figures
+    are the same. Should a psutil release drop `_ppid_map`, each reading walks /proc again.
+    """
+    walk = getattr(psutil, "_ppid_map", None)
+    if walk is None:
+        yield
+        return
+    table = walk()
+    psutil._ppid_map = lambda: table
+    try:
+        yield
+    finally:
+        psutil._ppid_map = walk
 
 
 def detect_methods(tracker: Any) -> ComponentMethods:

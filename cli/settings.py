@@ -26,6 +26,7 @@ def all_settings() -> list[Setting]:
     import client.site_identity  # noqa: F401
     import coordinator.tracking  # noqa: F401
     import fedvlm.config  # noqa: F401
+    import fedvlm.energy.settings  # noqa: F401
     import fedvlm.processes  # noqa: F401
     import fedvlm.runtime  # noqa: F401
     import fedvlm.site_metrics  # noqa: F401

@@ -48,6 +48,8 @@ def read(
     if key not in config:
         return default
     value = config[key]
+    if value == "" and default == "":  # TOML has no null: "" is "not set" for such a key
+        return default
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):

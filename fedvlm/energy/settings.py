@@ -16,13 +16,56 @@ from typing import Any
 from fedvlm.energy.codecarbon_adapter import WORLD_AVERAGE_G_PER_KWH, country_intensities
 from fedvlm.energy.network import DEFAULT_NETWORK_KWH_PER_GB
 from fedvlm.errors import ConfigError
+from fedvlm.settings_registry import SETTINGS, Scope, setting
 
-# Config keys (node_config per site; the coordinator reads the run config with PREFIX_COORDINATOR).
-KEY_TRACKING = "energy-tracking"
-KEY_COUNTRY = "country-iso-code"
-KEY_INTENSITY = "carbon-intensity"
-KEY_NETWORK_KWH_PER_GB = "network-kwh-per-gb"
+
+def _unset_or_non_negative(value: float | str) -> bool:
+    return value == "" or (math.isfinite(value) and value >= 0)
+
+
+# A site's keys (node config); the coordinator reads the same with PREFIX_COORDINATOR from the
+# run config. An empty string means "not set" (TOML has no null).
 PREFIX_COORDINATOR = "coordinator-"
+_COUNTRY_DOC = "ISO 3166 alpha-3 code of {} grid (codecarbon's table); empty: not set."
+_INTENSITY_DOC = "Carbon intensity of {} grid in gCO2e/kWh, wins over the country; empty: not set."
+TRACKING = setting(
+    "energy-tracking",
+    bool,
+    True,
+    "Measure energy and carbon (codecarbon) on every node and the coordinator; a site's own "
+    "value wins.",
+    scope=Scope.BOTH,
+)
+COUNTRY = setting("country-iso-code", str, "", _COUNTRY_DOC.format("the site's"), scope=Scope.NODE)
+INTENSITY = setting(
+    "carbon-intensity",
+    float,
+    "",
+    _INTENSITY_DOC.format("the site's"),
+    scope=Scope.NODE,
+    check=_unset_or_non_negative,
+    expect="a number >= 0 or empty",
+)
+COORDINATOR_COUNTRY = setting(
+    PREFIX_COORDINATOR + COUNTRY.key, str, "", _COUNTRY_DOC.format("the coordinator's")
+)
+COORDINATOR_INTENSITY = setting(
+    PREFIX_COORDINATOR + INTENSITY.key,
+    float,
+    "",
+    _INTENSITY_DOC.format("the coordinator's"),
+    check=_unset_or_non_negative,
+    expect="a number >= 0 or empty",
+)
+NETWORK_KWH_PER_GB = setting(
+    "network-kwh-per-gb",
+    float,
+    DEFAULT_NETWORK_KWH_PER_GB,
+    "Energy of moving one GB over the network (the run's network model).",
+    check=lambda v: math.isfinite(v) and v >= 0,
+    expect="a number >= 0",
+)
+KEY_COUNTRY, KEY_INTENSITY = COUNTRY.key, INTENSITY.key
 
 
 class IntensitySource(IntEnum):
@@ -74,21 +117,12 @@ class EnergySettings:
         meter off as well. An absent key or an empty string means "not set" (Flower's run config
         needs a default for every key it accepts, and TOML has no null).
         """
-        enabled = cfg.get(KEY_TRACKING, True)
-        if isinstance(enabled, str) and enabled.lower() in ("true", "false"):
-            enabled = enabled.lower() == "true"
-        if not isinstance(enabled, bool):
-            raise ConfigError(KEY_TRACKING, f"must be true or false, got {enabled!r}")
-
+        enabled = TRACKING.read(cfg)
         country_key, intensity_key = prefix + KEY_COUNTRY, prefix + KEY_INTENSITY
-        country = cfg.get(country_key, "")
-        if not isinstance(country, str):
-            raise ConfigError(country_key, f"must be a country code string, got {country!r}")
-        intensity = cfg.get(intensity_key, "")
+        country = SETTINGS[country_key].read(cfg)
+        intensity = SETTINGS[intensity_key].read(cfg)
         if intensity == "":
             intensity = None
-        elif isinstance(intensity, bool) or not isinstance(intensity, int | float):
-            raise ConfigError(intensity_key, f"must be a number (gCO2e/kWh), got {intensity!r}")
         try:
             return cls(
                 enabled=enabled,
@@ -107,8 +141,8 @@ class EnergySettings:
         A site's own `energy-tracking` wins over the run's.
         """
         config = dict(node_config)
-        if KEY_TRACKING in run_config:
-            config.setdefault(KEY_TRACKING, run_config[KEY_TRACKING])
+        if TRACKING.key in run_config:
+            config.setdefault(TRACKING.key, run_config[TRACKING.key])
         return cls.from_config(config)
 
     @classmethod
@@ -132,10 +166,5 @@ class EnergySettings:
 
 
 def network_kwh_per_gb(run_config: Mapping[str, Any]) -> float:
-    """Read `network-kwh-per-gb` from the run config (absent or "" -> the documented default)."""
-    value = run_config.get(KEY_NETWORK_KWH_PER_GB, "")
-    if value == "":
-        return DEFAULT_NETWORK_KWH_PER_GB
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigError(KEY_NETWORK_KWH_PER_GB, f"must be a number >= 0, got {value!r}")
-    return float(value)
+    """Read `network-kwh-per-gb` from the run config (absent: the documented default)."""
+    return NETWORK_KWH_PER_GB.read(run_config)

@@ -96,11 +96,11 @@ def test_survivor_set_must_be_the_signed_one_with_threshold_signatures():
     forged = {c: dict(r, survivors=[*r[messages.SURVIVORS], 2]) for c, r in requests.items()}
     for answer in _answer(run, forged).values():
         assert "differs from the one I signed" in str(answer)
-    few = {}
+    few = {}  # 3 neighbours' signatures and the client's own: t - 1 of the closed neighbourhood
     for cid, request in requests.items():
         few[cid] = dict(request)
-        few[cid][messages.SIGNER_IDS] = request[messages.SIGNER_IDS][:4]
-        few[cid][messages.SIGNATURES] = request[messages.SIGNATURES][:4]
+        few[cid][messages.SIGNER_IDS] = request[messages.SIGNER_IDS][:3]
+        few[cid][messages.SIGNATURES] = request[messages.SIGNATURES][:3]
     for answer in _answer(run, few).values():
         assert "only 4 valid signatures" in str(answer)
 

@@ -2,10 +2,12 @@
 
 The coordinator tells some of a victim's honest neighbours that the victim survived (they
 reveal shares of its self-mask seed) and the others that it dropped (they reveal shares of its
-pairwise key); colluding neighbours hand over both kinds. Every honest client sees a
-consistent survivor set signed by at least t clients (honest clients given the same view plus
-the colluders, who sign both), so none can tell. With both secrets rebuilt, the victim's
-masked input opens. The split needs 2t - k colluding neighbours; the derived threshold keeps
+pairwise key); colluding neighbours hand over both kinds. Each client signs who survived in
+its own closed neighbourhood, so the coordinator forwards every signature it holds (those of
+clients whose neighbourhood misses the victim hold in both views) plus the colluders', who
+sign both views; an honest neighbour answers when t of its closed neighbourhood (itself
+included) back its view, and refuses otherwise. With both secrets rebuilt, the victim's masked
+input opens. The split needs 2t - k colluding neighbours; the derived threshold keeps
 that above the colluding sites the threat model allows.
 
 Mutations tried (defence removed -> test that fails):
@@ -88,25 +90,29 @@ def split_view_attack(config: SecAggConfig, colluders_needed_at_most: int):
 
     # Consistency: each honest client signs the view it was given; colluders sign both.
     templates = run.server.requests()
-    signatures = {tuple(view_alive): {}, tuple(view_dead): {}}
+    honest_signatures = {}
     for cid, view in groups.items():
         client = SecAggClient.from_state(run.states[cid])
         request = dict(templates[cid], **{messages.SURVIVORS: view})
         reply = client.handle(request)
         run.states[cid] = client.to_state()
-        signatures[tuple(view)][cid] = reply[messages.SIG]
-    for cid in colluders:
-        sig_sk = run.states[cid]["sig_sk"]
-        for view in (view_alive, view_dead):
-            signatures[tuple(view)][cid] = crypto.sign(
-                sig_sk, messages.survivors_message(round_id, view)
+        honest_signatures[cid] = reply[messages.SIG]
+    colluder_signatures = {
+        tuple(view): {
+            cid: crypto.sign(
+                run.states[cid]["sig_sk"],
+                SecAggClient.from_state(run.states[cid]).consistency_message(view),
             )
+            for cid in colluders
+        }
+        for view in (view_alive, view_dead)
+    }
 
     # Unmask: ask each honest neighbour of the victim for the share its view allows.
     b_shares, sk_shares = [], []
     for cid in told_alive + told_dead:
         view = groups[cid]
-        signed = signatures[tuple(view)]
+        signed = {**honest_signatures, **colluder_signatures[tuple(view)]}
         peers = list(run.states[cid]["peer_ids"])
         request = {
             messages.STAGE: Stage.UNMASK.value,
@@ -117,8 +123,10 @@ def split_view_attack(config: SecAggConfig, colluders_needed_at_most: int):
             messages.ALIVE: [p for p in peers if p in view],
             messages.DEAD: [p for p in peers if p not in view],
         }
-        client = SecAggClient.from_state(run.states[cid])
-        reply = client.handle(request)  # honest clients answer: their view is consistent
+        try:
+            reply = SecAggClient.from_state(run.states[cid]).handle(request)
+        except CoordinatorMisbehaviourError:
+            continue  # too few of its closed neighbourhood back its view: it reveals nothing
         held = reply[messages.ALIVE] if view is view_alive else reply[messages.DEAD]
         kind = messages.B_SHARES if view is view_alive else messages.SK_SHARES
         share = reply[kind][held.index(VICTIM)]

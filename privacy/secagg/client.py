@@ -4,8 +4,10 @@ A Flower ClientApp process does not survive between messages, so the client is r
 ``context.state`` for every stage (``SecAggClient.from_state``) and saved back
 (``to_state``). Every request of the coordinator is checked before anything secret leaves:
 the neighbourhood must match the public graph, peers' keys must carry valid signatures, the
-survivor set must be the one this client signed and that a threshold of clients signed too, and
-no peer may ever be asked for both its self-mask share and its pairwise-key share.
+survivors in the client's neighbourhood must be the ones it signed and that a threshold of its
+neighbourhood signed too, and no peer may ever be asked for both its self-mask share and its
+pairwise-key share. Past setup nothing a client receives or checks at the consistency and
+unmask stages grows with the number of clients: only its neighbours' entries (O(k)).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .errors import (
     MalformedPayloadError,
     RoundFailedError,
 )
-from .graph import graph_seed, neighbours
+from .graph import Ring, closed_neighbourhoods, graph_seed
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import quantize
@@ -54,6 +56,7 @@ class SecAggClient:
     sig_pk: bytes
     b_seed: bytes
     graph_peers: list[int] = field(default_factory=list)
+    segment: list[int] = field(default_factory=list)
     participants: list[int] = field(default_factory=list)
     sig_pks: list[bytes] = field(default_factory=list)
     peer_ids: list[int] = field(default_factory=list)
@@ -110,7 +113,7 @@ class SecAggClient:
             )
         # The graph is fixed here, before this client replies: nothing any client sends later
         # can move it (no grinding by discarding replies).
-        graph = neighbours(sampled, config.degree, graph_seed(round_id, sampled))
+        ring = Ring(sampled, config.degree, graph_seed(round_id, sampled))
         c_sk, c_pk = crypto.x25519_keypair()
         s_sk, s_pk = crypto.x25519_keypair()
         sig_sk, sig_pk = crypto.ed25519_keypair()
@@ -125,7 +128,8 @@ class SecAggClient:
             sig_sk,
             sig_pk,
             b_seed,
-            graph_peers=graph[client_id],
+            graph_peers=ring.neighbours(client_id),
+            segment=ring.segment(client_id),
         )
         commit = client._b_commit()
         reply = {
@@ -263,34 +267,43 @@ class SecAggClient:
         return self._reply(Stage.MASKED_INPUT, {messages.MASKED: masked})
 
     def consistency(self, payload: Payload) -> Payload:
-        """Sign the survivor set once, after checking it agrees with what I know."""
+        """Sign who in my closed neighbourhood survived, after checking it agrees with what I know.
+
+        The coordinator sends the survivors among my ring segment (my neighbours' closed
+        neighbourhoods, O(k) ids); ids beyond it are ignored, as they hold none of the shares I
+        hold or reveal (see ``_check_signatures``).
+        """
         who = self._enter(payload, Stage.CONSISTENCY)
         survivors = messages.get(payload, messages.SURVIVORS, list[int], who)
         if len(set(survivors)) != len(survivors):
             raise MalformedPayloadError(f"{who}: the survivor set repeats clients")
-        if self.client_id not in survivors:
+        view = self._local(survivors)
+        if self.client_id not in view:
             self._refuse("the survivor set leaves me out although I sent my input")
-        if outsiders := set(survivors) - set(self.participants):
-            self._refuse(f"survivors {sorted(outsiders)} never took part in the round")
-        if ghosts := (set(survivors) & set(self.peer_ids)) - set(self.masked_with):
+        # A neighbour that never completed setup never sent me shares either: caught here too.
+        if ghosts := (set(view) & set(self.graph_peers)) - set(self.masked_with):
             self._refuse(f"neighbours {sorted(ghosts)} 'survived' without sending me shares")
-        if len(survivors) < self.config.threshold:
+        mine = set(view) & set(closed_neighbourhoods(self.segment)[self.client_id])
+        if len(mine) < self.config.threshold:
             raise RoundFailedError(
-                f"{who}: {len(survivors)} survivors are fewer than the threshold "
-                f"{self.config.threshold}: their sum could expose single inputs"
+                f"{who}: {len(mine)} survivors in my neighbourhood (me included) are fewer than "
+                f"the threshold {self.config.threshold}: my self-mask seed cannot be rebuilt"
             )
-        self.survivors = sorted(survivors)
+        self.survivors = view
         self.next_stage = Stage.UNMASK.value
-        signature = crypto.sign(
-            self.sig_sk, messages.survivors_message(self.round_id, self.survivors)
-        )
+        signature = crypto.sign(self.sig_sk, self.consistency_message(view))
         return self._reply(Stage.CONSISTENCY, {messages.SIG: signature})
+
+    def consistency_message(self, survivors: list[int]) -> bytes:
+        """Return the bytes I sign for ``survivors``: who in my closed neighbourhood survived."""
+        mine = closed_neighbourhoods(self.segment)[self.client_id]
+        return messages.survivors_message(self.round_id, self.client_id, mine, survivors)
 
     def unmask(self, payload: Payload) -> Payload:
         """Reveal self-mask shares of survivors and pairwise-key shares of dropped peers."""
         who = self._enter(payload, Stage.UNMASK)
         survivors = messages.get(payload, messages.SURVIVORS, list[int], who)
-        if sorted(survivors) != self.survivors:
+        if self._local(survivors) != self.survivors:
             self._refuse("the survivor set differs from the one I signed")
         self._check_signatures(payload, who)
         alive = messages.get(payload, messages.ALIVE, list[int], who)
@@ -326,20 +339,48 @@ class SecAggClient:
         logger.warning("secagg client %s refuses the coordinator: %s", self.client_id, reason)
         raise CoordinatorMisbehaviourError(f"client {self.client_id} refuses: {reason}")
 
+    def _local(self, survivors: list[int]) -> list[int]:
+        return sorted(set(survivors) & set(self.segment))
+
     def _check_signatures(self, payload: Payload, who: str) -> None:
+        """Refuse unless t of my closed neighbourhood (me included) signed what I signed.
+
+        Each neighbour signs who survived in *its own* closed neighbourhood, and I check its
+        signature against my view of that neighbourhood (my ring segment covers it), so the
+        coordinator sends me only my neighbours' signatures: O(k) bytes and checks, not O(n).
+
+        Why this is still sound: at unmasking I reveal shares of my neighbours' secrets only,
+        one kind per neighbour, fixed by the view I signed. The attack to stop is a split view
+        of some neighbour v (alive to some of v's share holders, dropped to others). A
+        neighbour u of mine whose closed neighbourhood holds v signs v's status, so if u was
+        told otherwise its signature does not count here: each honest share holder of v needs
+        t of its own closed neighbourhood to back the status it was shown, on top of the
+        2t - k colluders among v's neighbours that the derived threshold already denies. In the
+        complete graph this is exactly the check of Bonawitz et al. 2017 (t signatures, mine
+        included, of one survivor set). The earlier check over the whole survivor set counted
+        any t survivors, which in a sparse graph are mostly clients that hold none of my
+        neighbours' shares and know nothing of their status: it bound nothing more.
+        """
         signer_ids = messages.get(payload, messages.SIGNER_IDS, list[int], who)
         signatures = messages.get(payload, messages.SIGNATURES, list[bytes], who)
         directory = dict(zip(self.participants, self.sig_pks, strict=True))
-        signed = messages.survivors_message(self.round_id, self.survivors)
+        closed = closed_neighbourhoods(self.segment)
         valid = {
             signer
             for signer, sig in zip(signer_ids, signatures, strict=False)
-            if signer in self.survivors and crypto.verify(directory[signer], sig, signed)
+            if signer in self.survivors
+            and signer in self.graph_peers
+            and crypto.verify(
+                directory[signer],
+                sig,
+                messages.survivors_message(self.round_id, signer, closed[signer], self.survivors),
+            )
         }
-        if len(valid) < self.config.threshold:
+        count = len(valid) + 1  # and my own signature of this view
+        if count < self.config.threshold:
             self._refuse(
-                f"only {len(valid)} valid signatures of the survivor set, "
-                f"threshold is {self.config.threshold}"
+                f"only {count} valid signatures of the survivor set in my neighbourhood "
+                f"(mine included), threshold is {self.config.threshold}"
             )
 
     def _reply(self, stage: Stage, body: Payload) -> Payload:

@@ -78,9 +78,23 @@ def bundle_message(
     return _DOMAIN + b"keys/" + round_id + id_bytes(client_id) + c_pk + s_pk + commit
 
 
-def survivors_message(round_id: bytes, survivors: list[int]) -> bytes:
-    """Return the bytes each client signs in the consistency check."""
-    return _DOMAIN + b"survivors/" + round_id + id_bytes(*sorted(survivors))
+def survivors_message(
+    round_id: bytes, signer: int, neighbourhood: list[int], survivors: list[int]
+) -> bytes:
+    """Return the bytes ``signer`` signs in the consistency check: who in its closed
+    neighbourhood survived.
+
+    The whole neighbourhood is in the message, not only its survivors, so a client that was
+    shown another graph (or another signer's neighbourhood) cannot match the signature.
+    """
+    alive = sorted(set(survivors) & set(neighbourhood))
+    return (
+        _DOMAIN
+        + b"neighbourhood-survivors/"
+        + round_id
+        + id_bytes(signer, len(neighbourhood), *sorted(neighbourhood))
+        + id_bytes(*alive)
+    )
 
 
 def share_aad(round_id: bytes, src: int, dst: int) -> bytes:

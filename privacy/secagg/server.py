@@ -29,7 +29,7 @@ from . import crypto, messages, shamir
 from .client import ROUND_ID_BYTES, share_point
 from .config import KEYS, SecAggConfig
 from .errors import AuthenticationError, MalformedPayloadError, RoundFailedError, SecAggError
-from .graph import graph_seed, neighbours
+from .graph import Ring, graph_seed
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import dequantize
@@ -126,7 +126,8 @@ class SecAggServer:
         self.active = ids
         self.sampled = list(ids)
         # Fixed now, before any reply: dropped clients are later just missing vertices.
-        self._full_graph = neighbours(ids, config.degree, graph_seed(self.round_id, ids))
+        self._ring = Ring(ids, config.degree, graph_seed(self.round_id, ids))
+        self._full_graph = {c: self._ring.neighbours(c) for c in ids}
         self.dropped: dict[str, list[int]] = {s.value: [] for s in Stage}
         self.rejected: dict[int, str] = {}
         self.unmask_errors: list[str] = []
@@ -187,17 +188,24 @@ class SecAggServer:
             messages.CIPHERTEXTS: [box[p] for p in src],
         }
 
+    def _local_survivors(self, cid: int) -> list[int]:
+        """The survivors a client checks and signs: those in its ring segment (O(k))."""
+        return sorted(set(self._ring.segment(cid)) & self._survivor_set)
+
+    def _closed_neighbourhood(self, cid: int) -> list[int]:
+        return sorted([cid, *self._full_graph[cid]])
+
     def _consistency_request(self, cid: int) -> Payload:
-        return {messages.SURVIVORS: self._survivors}
+        return {messages.SURVIVORS: self._local_survivors(cid)}
 
     def _unmask_request(self, cid: int) -> Payload:
         held = [p for p in self._graph[cid] if p in self._u2]
         alive = [p for p in held if p in self._survivor_set]
         dead = [p for p in held if p not in self._survivor_set]
         self._requested[cid] = (alive, dead)
-        signers = sorted(self._signatures)
+        signers = [p for p in self._full_graph[cid] if p in self._signatures]
         return {
-            messages.SURVIVORS: self._survivors,
+            messages.SURVIVORS: self._local_survivors(cid),
             messages.SIGNER_IDS: signers,
             messages.SIGNATURES: [self._signatures[s] for s in signers],
             messages.ALIVE: alive,
@@ -296,7 +304,9 @@ class SecAggServer:
 
     def _check_consistency(self, cid: int, reply: Payload, who: str) -> None:
         sig = messages.get(reply, messages.SIG, bytes, who)
-        signed = messages.survivors_message(self.round_id, self._survivors)
+        signed = messages.survivors_message(
+            self.round_id, cid, self._closed_neighbourhood(cid), self._survivors
+        )
         if not crypto.verify(self._bundles[cid].sig_pk, sig, signed):
             raise AuthenticationError(f"{who}: signature of the survivor set does not verify")
         self._signatures[cid] = sig

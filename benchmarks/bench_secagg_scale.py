@@ -6,10 +6,12 @@ the default threat model) this measures:
 - **per-client time and bytes**, for a few representative clients driven through all five
   stages by the project's own classes (`SecAggClient`, requests built by `SecAggServer`)
   against the full n-client round: every one of the n clients ran setup (fresh keys, signed
-  bundle), so the directory, the sampled list, the survivor list and the signatures a client
-  receives are n entries long, and its neighbours ran the key-sharing stage for real. Time is
-  the client's own handler time summed over the stages (setup includes recomputing the public
-  graph over the n sampled ids); bytes are `payload_nbytes` of every request and reply;
+  bundle), so the sampled list (setup) and the signing-key directory (key sharing) a client
+  receives are n entries long, and its neighbours ran the key-sharing stage for real; the
+  survivors and signatures it receives are those of its ring segment and neighbours (O(k)).
+  Time is the client's own handler time summed over the stages (setup includes finding its
+  place in the public ring: a hash and a sort of the n sampled ids); bytes are
+  `payload_nbytes` of every request and reply, downloads also by stage;
 - **coordinator unmask time** over n survivors: rebuilding each survivor's self-mask seed from
   t Shamir shares, checking it against its commitment and removing its ChaCha20 self-mask from
   the n-client sum, which is the survivors' part of `SecAggServer`'s unmask (no dropouts, so
@@ -18,8 +20,10 @@ the default threat model) this measures:
 What is not run for every client: key sharing, masking and signing beyond the representative
 clients and their neighbours (the n masked vectors are not materialised). Clients other than
 the representatives and their neighbours are treated as having survived every stage.
-The public graph every client recomputes at setup is computed once for the clients whose
-setup is not timed (only the representatives' setup, graph included, is timed).
+The public ring every client recomputes at setup is computed once for the clients whose
+setup is not timed (only the representatives' setup, ring included, is timed). The consistency
+and unmask requests of the representatives are built here as `SecAggServer` builds them, with
+every client a survivor and its neighbours' signatures.
 
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py                 # ~5 min on 2 cores
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py --clients 100 1000 --json out.json
@@ -39,7 +43,7 @@ import numpy as np
 from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage, crypto, messages, shamir
 from privacy.secagg import client as client_module
 from privacy.secagg.client import share_point
-from privacy.secagg.graph import neighbours
+from privacy.secagg.graph import Ring
 from privacy.secagg.masking import commit_self_mask, self_mask_key
 from privacy.secagg.messages import payload_nbytes
 
@@ -47,18 +51,18 @@ CLIP = 1.0
 
 
 @contextmanager
-def _graph_computed_once():
-    """Every client recomputes the same public graph at setup; compute it once for those
+def _ring_computed_once():
+    """Every client recomputes the same public ring at setup; compute it once for those
     whose setup is not timed (an O(n log n) hash-and-sort each, n^2 log n over the round)."""
-    cache: dict[tuple, dict[int, list[int]]] = {}
+    cache: dict[tuple, Ring] = {}
 
     def shared(ids, degree, seed):
         key = (tuple(ids), degree, seed)
         if key not in cache:
-            cache[key] = neighbours(ids, degree, seed)
+            cache[key] = Ring(ids, degree, seed)
         return cache[key]
 
-    with mock.patch.object(client_module, "neighbours", shared):
+    with mock.patch.object(client_module, "Ring", shared):
         yield
 
 
@@ -67,6 +71,7 @@ def _timed(cost: dict, stage: str, fn, request):
     out = fn(request)
     cost["seconds"][stage] = time.perf_counter() - start
     cost["down"] += payload_nbytes(request)
+    cost["down_by_stage"][stage] = payload_nbytes(request)
     reply = out[1] if isinstance(out, tuple) else out
     cost["up"] += payload_nbytes(reply)
     return out
@@ -79,12 +84,12 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
     server = SecAggServer(config, ids, params)
     setup_requests = server.requests()
     reps = ids[:: max(1, n // representatives)][:representatives]
-    costs = {r: {"seconds": {}, "up": 0, "down": 0} for r in reps}
+    costs = {r: {"seconds": {}, "up": 0, "down": 0, "down_by_stage": {}} for r in reps}
     clients: dict[int, SecAggClient] = {}
     replies = {}
     for r in reps:  # timed: setup with the client's own graph computation
         clients[r], replies[r] = _timed(costs[r], "setup", SecAggClient.setup, setup_requests[r])
-    with _graph_computed_once():
+    with _ring_computed_once():
         for cid in ids:
             if cid not in clients:
                 clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid])
@@ -117,20 +122,23 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
             masked_requests[r],
         )
 
-    # Consistency and unmask over n survivors, signed by every client (as in a full round).
-    survivors = ids
-    message = messages.survivors_message(server.round_id, survivors)
-    signatures = [crypto.sign(clients[c].sig_sk, message) for c in survivors]
-    header = {messages.ROUND: server.round_id, messages.SURVIVORS: survivors}
+    # Consistency and unmask with all n clients surviving: each representative gets the
+    # survivors of its ring segment and its neighbours' signatures of their neighbourhoods.
     for r in reps:
+        header = {
+            messages.ROUND: server.round_id,
+            messages.SURVIVORS: sorted(set(clients[r].segment)),
+        }
         request = {messages.STAGE: Stage.CONSISTENCY.value, **header}
         _timed(costs[r], "consistency", clients[r].handle, request)
         peers = clients[r].peer_ids
         request = {
             messages.STAGE: Stage.UNMASK.value,
             **header,
-            messages.SIGNER_IDS: survivors,
-            messages.SIGNATURES: signatures,
+            messages.SIGNER_IDS: list(peers),
+            messages.SIGNATURES: [
+                crypto.sign(clients[p].sig_sk, clients[p].consistency_message(ids)) for p in peers
+            ],
             messages.ALIVE: list(peers),
             messages.DEAD: [],
         }
@@ -173,6 +181,10 @@ def measure(n: int, params: int, representatives: int) -> dict:
         },
         "client_up_bytes": int(np.median([c["up"] for c in costs])),
         "client_down_bytes": int(np.median([c["down"] for c in costs])),
+        "client_down_bytes_by_stage": {
+            s: int(np.median([c["down_by_stage"][s] for c in costs]))
+            for s in costs[0]["down_by_stage"]
+        },
         "unmask_seconds": coordinator_unmask(n, params, config),
         "representatives": len(costs),
     }
@@ -195,10 +207,11 @@ def main() -> None:
         row = measure(n, args.params, args.representatives)
         rows.append(row)
         stages = ", ".join(f"{s} {v:.3f}" for s, v in row["client_seconds_by_stage"].items())
+        down = ", ".join(f"{s} {v / 1e3:.1f}" for s, v in row["client_down_bytes_by_stage"].items())
         print(
             f"{n:>6} {row['degree']:>4} {row['threshold']:>4} {row['client_seconds']:>9.3f} "
             f"{row['client_up_bytes'] / 1e3:>8.1f} {row['client_down_bytes'] / 1e3:>8.1f} "
-            f"{row['unmask_seconds']:>9.2f}  {stages}",
+            f"{row['unmask_seconds']:>9.2f}  {stages}; down kB: {down}",
             flush=True,
         )
     if args.json:

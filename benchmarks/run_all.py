@@ -233,19 +233,24 @@ def secure_aggregation_scale(sizes: Sizes, log: Path) -> list[Figure]:
     def each(key: str, fmt: str, scale: float = 1.0) -> str:
         return " / ".join(format(r[key] / scale if scale != 1.0 else r[key], fmt) for r in rows)
 
-    growth = rows[-1]["client_seconds"] / rows[0]["client_seconds"]
+    def growth(*keys: str) -> float:
+        return sum(rows[-1][k] for k in keys) / sum(rows[0][k] for k in keys)
+
     value = (
         f"n = {each('n', ',')}; k = {each('degree', 'd')}, t = {each('threshold', 'd')}: "
-        f"per client {each('client_seconds', '.3f')} s ({growth:.1f}x from first to last n), "
-        f"up {each('client_up_bytes', '.0f', 1e3)} kB, down {each('client_down_bytes', '.0f', 1e3)}"
-        f" kB; coordinator unmask {each('unmask_seconds', '.2f')} s"
+        f"per client {each('client_seconds', '.3f')} s ({growth('client_seconds'):.1f}x from "
+        f"first to last n), up {each('client_up_bytes', '.0f', 1e3)} kB, down "
+        f"{each('client_down_bytes', '.0f', 1e3)} kB "
+        f"({growth('client_up_bytes', 'client_down_bytes'):.1f}x up and down together); "
+        f"coordinator unmask {each('unmask_seconds', '.2f')} s"
     )
     how = (
         f"bench_secagg_scale.py {' '.join(sizes.secagg_scale_args)}: protocol alone, "
         f"{rows[0]['params']:,} parameters, degree and threshold derived from the default threat "
         "model, no dropouts; per client = median over representative clients driven through the "
-        "five stages by SecAggClient against an n-client round (directory, survivor list and "
-        "signatures of n), handler seconds summed and payload bytes; unmask = rebuilding n "
+        "five stages by SecAggClient against an n-client round (sampled list and key directory "
+        "of n; survivors and signatures of its neighbourhood), handler seconds summed and "
+        "payload bytes; unmask = rebuilding n "
         "self-mask seeds from t shares and removing n self-masks"
     )
     return [Figure(3, "secure aggregation: scaling (protocol alone)", value, how)]

@@ -1,0 +1,57 @@
+"""A ServerApp and ClientApp that exchange what fedvlm's rounds exchange, and nothing else.
+
+Each round sends every node a ``train`` message and then an ``evaluate`` message (one array
+of ``payload-floats`` float32 values down, the same array back up for ``train``), through
+the coordinator's own reply exchange (`coordinator.exchange`), and appends the round's wall
+seconds to the JSON-lines file ``out``. The ClientApp only replies: what a round takes here
+is Flower's messaging (SuperNode and SuperExec polling, a process per message), the floor
+under fedvlm's deployed rounds. Imports no torch, like `client.node_app`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.exchange import prompt_replies
+from coordinator.liveness import wait_for_nodes
+
+server = ServerApp()
+client = ClientApp()
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    """Send the payload back, as a site sends its update."""
+    return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+
+@client.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Reply with nothing, as a site replies with its scalars."""
+    return Message(RecordDict(), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    """Rounds of train then evaluate to every node; each round's seconds to ``out``."""
+    config = context.run_config
+    grid = prompt_replies(grid)
+    nodes = wait_for_nodes(grid, int(config["min-available-nodes"]), 600.0)
+    payload = ArrayRecord({"payload": Array(np.zeros(int(config["payload-floats"]), np.float32))})
+    timeout = float(config["round-timeout"])
+    for server_round in range(1, int(config["num-server-rounds"]) + 1):
+        started = time.perf_counter()
+        for kind, content in ((MessageType.TRAIN, {"arrays": payload}), (MessageType.EVALUATE, {})):
+            sent = [Message(RecordDict(content), node, kind) for node in nodes]
+            replies = grid.send_and_receive(sent, timeout=timeout)
+            if len(replies) != len(sent) or any(r.has_error() for r in replies):
+                raise RuntimeError(f"round {server_round}: {kind}: not every node answered")
+        seconds = time.perf_counter() - started
+        with open(str(config["out"]), "a") as sink:
+            sink.write(json.dumps({"round": server_round, "seconds": seconds}) + "\n")

@@ -37,7 +37,6 @@ from harness import output_to  # noqa: E402
 
 from coordinator.launch import CoordinatorOptions, running_superlink, submit_run  # noqa: E402
 from coordinator.ledger import read_ledger  # noqa: E402
-from fedvlm.adapter import adapter_nbytes  # noqa: E402
 from fedvlm.config import RunSettings  # noqa: E402
 from fedvlm.data.imagefolder import write_imagefolder  # noqa: E402
 from fedvlm.data.partition import synthetic_site  # noqa: E402
@@ -128,7 +127,7 @@ def fedvlm_run(
 def floor_run(tmp: Path, folders: list[Path], config: dict, log: Path) -> list[Round]:
     """The same federation with `benchmarks/floor_app`: rounds of messages, no work."""
     out = tmp / "floor.jsonl"
-    floats = adapter_nbytes(initial_adapter("embedded", RunSettings.from_config(config).lora)) // 4
+    adapter = initial_adapter("embedded", RunSettings.from_config(config).lora)
     options = CoordinatorOptions(
         credentials=None,
         site_keys=[],
@@ -138,7 +137,7 @@ def floor_run(tmp: Path, folders: list[Path], config: dict, log: Path) -> list[R
         run_config={
             "num-server-rounds": config["num-server-rounds"],
             "min-available-nodes": config["min-available-nodes"],
-            "payload-floats": floats,
+            "payload": ",".join(str(t.numel()) for t in adapter.values()),
             "out": str(out),
         },
         insecure=True,

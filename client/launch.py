@@ -36,12 +36,12 @@ from fedvlm.processes import (
 )
 
 # flwr 1.42's flower-superexec (started by flower-supernode, inheriting its environment) asks
-# for a task to run every FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds, 1.0 unless set; the
-# SuperNode itself polls the SuperLink every 3 s when idle (client/prompt_supernode.py caps
-# it). Each wait delays every message, two or more per round; 0.1-0.2 s costs one small local
-# (SuperExec) or SuperLink request per interval.
+# its SuperNode for a task every FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds, 1.0 unless set;
+# the SuperNode itself polls the SuperLink every 3 s when idle (client/prompt_supernode.py
+# shortens that, from POLL_ENV seconds). Each wait delays every message, two or more per
+# round; each poll is a request (the SuperExec's stays on this host).
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-POLL_SECONDS = {SUPEREXEC_POLL_ENV: 0.1, POLL_ENV: 0.2}
+POLL_SECONDS = {SUPEREXEC_POLL_ENV: 0.25, POLL_ENV: 0.1}
 
 INSECURE_WARNING = (
     "WARNING: --insecure: this node talks to the SuperLink WITHOUT TLS and WITHOUT node "

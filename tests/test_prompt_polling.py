@@ -1,8 +1,8 @@
 """Flower's fixed polling waits, shortened where a deployed round spends them.
 
-- the coordinator collects replies every `exchange.PULL_INTERVAL` s (Flower's HttpGrid: 3 s),
+- the coordinator collects replies within a tenth of the time waited (Flower's HttpGrid: 3 s),
   with Flower's contract: all replies, error replies included, or those in by the timeout;
-- `fedvlm node` runs Flower's SuperNode with its sleeps capped (`client.prompt_supernode`),
+- `fedvlm node` runs Flower's SuperNode with its sleeps shortened (`client.prompt_supernode`),
   which relies on how the pinned flwr's main loop waits: checked here on its source.
 """
 
@@ -20,6 +20,7 @@ from flwr.supernode import start_client_internal
 import client.prompt_supernode as prompt_supernode
 from client.launch import POLL_SECONDS, SUPEREXEC_POLL_ENV, NodeOptions, supernode_command
 from coordinator import exchange
+from fedvlm.polling import next_wait
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")  # Messages made as the ServerApp
 
@@ -67,7 +68,7 @@ def test_replies_are_pulled_at_the_short_interval_until_all_are_in(monkeypatch):
     )
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m1", "m2", "m3"]
     assert sum(r.has_error() for r in replies) == 1  # an error reply is a reply
-    assert grid.pulls == 3 and waits == [exchange.PULL_INTERVAL] * 2
+    assert grid.pulls == 3 and waits == [exchange.FIRST_PULL] * 2  # nothing waited yet
     assert exchange.PromptReplies(grid).get_node_ids() == [1, 2, 3]  # the rest is the grid's
 
 
@@ -109,15 +110,31 @@ def test_the_pinned_supernode_waits_only_through_time_sleep():
     assert max(waits) == 3  # the idle poll this module shortens
 
 
-def test_install_caps_the_supernodes_sleeps(monkeypatch):
-    slept = []
+def test_wait_is_a_tenth_of_the_time_waited_between_floor_and_ceiling():
+    assert [next_wait(w, 0.1, 3.0) for w in (0.0, 0.5, 10.0, 25.0, 600.0)] == [
+        0.1,
+        0.1,
+        1.0,
+        2.5,
+        3.0,
+    ]
+
+
+def test_install_shortens_the_supernodes_sleeps_and_backs_off_while_idle(monkeypatch):
+    slept, clock = [], [0.0]
     monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(start_client_internal, "time", time)
     prompt_supernode.install(start_client_internal, 0.2)
-    start_client_internal.time.sleep(3)
-    start_client_internal.time.sleep(0.05)
-    assert slept == [0.2, 0.05]
-    assert start_client_internal.time.monotonic is time.monotonic
+    sleep = start_client_internal.time.sleep
+    for now in (0.0, 10.0, 100.0):  # idle polls (Flower's 3 s) at these times
+        clock[0] = now
+        sleep(3)
+    sleep(0.5)  # a message came: waiting for the ClientApp's reply; idle time starts again
+    clock[0] = 200.0
+    sleep(3)
+    assert slept == [0.2, 1.0, 3, 0.2, 0.2]
+    assert start_client_internal.time.perf_counter is time.perf_counter
 
 
 def test_node_runs_the_prompt_supernode_with_the_poll_intervals(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """A ServerApp and ClientApp that exchange what fedvlm's rounds exchange, and nothing else.
 
-Each round sends every node a ``train`` message and then an ``evaluate`` message (one array
-of ``payload-floats`` float32 values down, the same array back up for ``train``), through
+Each round sends every node a ``train`` message and then an ``evaluate`` message, each
+carrying an adapter-shaped payload (``payload``: the float32 sizes of its arrays, comma
+separated; Flower moves every array as an object of its own, so their number matters as
+much as their bytes), ``train``'s reply carrying it back up, through
 the coordinator's own reply exchange (`coordinator.exchange`), and appends the round's wall
 seconds to the JSON-lines file ``out``. The ClientApp only replies: what a round takes here
 is Flower's messaging (SuperNode and SuperExec polling, a process per message), the floor
@@ -43,7 +45,8 @@ def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     grid = prompt_replies(grid)
     nodes = wait_for_nodes(grid, int(config["min-available-nodes"]), 600.0)
-    payload = ArrayRecord({"payload": Array(np.zeros(int(config["payload-floats"]), np.float32))})
+    sizes = [int(n) for n in str(config["payload"]).split(",") if n]
+    payload = ArrayRecord({f"a{i}": Array(np.zeros(n, np.float32)) for i, n in enumerate(sizes)})
     timeout = float(config["round-timeout"])
     for server_round in range(1, int(config["num-server-rounds"]) + 1):
         started = time.perf_counter()

@@ -3,7 +3,10 @@
 Each round sends every node a ``train`` message and then an ``evaluate`` message, each
 carrying an adapter-shaped payload (``payload``: the float32 sizes of its arrays, comma
 separated; Flower moves every array as an object of its own, so their number matters as
-much as their bytes), ``train``'s reply carrying it back up, through
+much as their bytes), and ``train``'s reply carries one back up. Flower's objects are
+content-addressed and an object the SuperLink holds is not sent again, so the payload's
+values change every round and every reply's differ (as a new global adapter and each site's
+update do). All through
 the coordinator's own reply exchange (`coordinator.exchange`), and appends the round's wall
 seconds to the JSON-lines file ``out``. The ClientApp only replies: what a round takes here
 is Flower's messaging (SuperNode and SuperExec polling, a process per message), the floor
@@ -29,8 +32,10 @@ client = ClientApp()
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    """Send the payload back, as a site sends its update."""
-    return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+    """Send the payload back, changed as a site's update is (new objects to upload)."""
+    mark = float(context.node_id % 1_000_003)
+    arrays = {k: Array(a.numpy() + mark) for k, a in msg.content["arrays"].items()}
+    return Message(RecordDict({"arrays": ArrayRecord(arrays)}), reply_to=msg)
 
 
 @client.evaluate()
@@ -46,12 +51,15 @@ def main(grid: Grid, context: Context) -> None:
     grid = prompt_replies(grid)
     nodes = wait_for_nodes(grid, int(config["min-available-nodes"]), 600.0)
     sizes = [int(n) for n in str(config["payload"]).split(",") if n]
-    payload = ArrayRecord({f"a{i}": Array(np.zeros(n, np.float32)) for i, n in enumerate(sizes)})
     timeout = float(config["round-timeout"])
     for server_round in range(1, int(config["num-server-rounds"]) + 1):
         started = time.perf_counter()
-        for kind, content in ((MessageType.TRAIN, {"arrays": payload}), (MessageType.EVALUATE, {})):
-            sent = [Message(RecordDict(content), node, kind) for node in nodes]
+        for step, kind in enumerate((MessageType.TRAIN, MessageType.EVALUATE)):
+            value = 2 * server_round + step  # a new global adapter for each message, as in fedvlm
+            payload = ArrayRecord(
+                {f"a{i}": Array(np.full(n, value, np.float32)) for i, n in enumerate(sizes)}
+            )
+            sent = [Message(RecordDict({"arrays": payload}), node, kind) for node in nodes]
             replies = grid.send_and_receive(sent, timeout=timeout)
             if len(replies) != len(sent) or any(r.has_error() for r in replies):
                 raise RuntimeError(f"round {server_round}: {kind}: not every node answered")

@@ -4,9 +4,9 @@ Each round sends every node a ``train`` message and then an ``evaluate`` message
 carrying an adapter-shaped payload (``payload``: the float32 sizes of its arrays, comma
 separated; Flower moves every array as an object of its own, so their number matters as
 much as their bytes), and ``train``'s reply carries one back up. Flower's objects are
-content-addressed and an object the SuperLink holds is not sent again, so the payload's
-values change every round and every reply's differ (as a new global adapter and each site's
-update do). All through
+content-addressed (equal arrays are one object) and an object the SuperLink holds is not
+sent again, so every array's values differ, in every message and every reply (as a new
+global adapter's and each site's update's do). All through
 the coordinator's own reply exchange (`coordinator.exchange`), and appends the round's wall
 seconds to the JSON-lines file ``out``. The ClientApp only replies: what a round takes here
 is Flower's messaging (SuperNode and SuperExec polling, a process per message), the floor
@@ -57,7 +57,10 @@ def main(grid: Grid, context: Context) -> None:
         for step, kind in enumerate((MessageType.TRAIN, MessageType.EVALUATE)):
             value = 2 * server_round + step  # a new global adapter for each message, as in fedvlm
             payload = ArrayRecord(
-                {f"a{i}": Array(np.full(n, value, np.float32)) for i, n in enumerate(sizes)}
+                {
+                    f"a{i}": Array(np.full(n, value + i / 64, np.float32))
+                    for i, n in enumerate(sizes)
+                }
             )
             sent = [Message(RecordDict({"arrays": payload}), node, kind) for node in nodes]
             replies = grid.send_and_receive(sent, timeout=timeout)

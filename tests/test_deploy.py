@@ -258,24 +258,33 @@ def test_deployed_dp_sites_keep_their_accounts_in_their_own_state_dir(
     """Minimum settings: each real node writes its sample-level account to its node-local
     file (privacy/account_store.py), outside Flower's per-run state, with every step the
     coordinator's ledger accounted for it."""
+    coordinator, log, run, _ = start_dp_federation(processes, federation_files, tmp_path, "dp")
+    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    sites = read_ledger(run)[-1]["privacy"]["sites"]
+    assert len(sites) == 2
+    for site, account in sites.items():
+        assert stored_steps(site_state_dir, run, site) == account["steps"] == 2
+
+
+def start_dp_federation(processes, federation_files, tmp_path, name: str):
+    """`fedvlm coordinator` (sample-level DP, minimum settings) and two `fedvlm node`;
+    returns the coordinator, its log, the run folder and the nodes."""
     creds, folders = federation_files
-    port, run = free_port(), tmp_path / "runs" / "dp"
+    port, run = free_port(), tmp_path / "runs" / name
     dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 50.0}
     args = coordinator_args(
-        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": "dp", **dp}
+        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": name, **dp}
     )
     coordinator, log = processes.start("coordinator", args)
     wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
-    start_nodes(processes, creds, folders, port)
-    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
-    sites = read_ledger(run)[-1]["privacy"]["sites"]
+    return coordinator, log, run, start_nodes(processes, creds, folders, port)
+
+
+def stored_steps(state_dir: Path, run: Path, site: str) -> int:
+    """Steps in a site's node-local sample-level account file (privacy/account_store.py)."""
     federation = json.loads((run / "run.json").read_text())["federation_id"]
-    assert len(sites) == 2
-    for site, account in sites.items():
-        stored = json.loads(
-            (site_state_dir / "privacy" / f"{federation}.site-{site}.json").read_text()
-        )
-        assert sum(stored["steps"]) == account["steps"] == 2
+    path = state_dir / "privacy" / f"{federation}.site-{site}.json"
+    return sum(json.loads(path.read_text())["steps"])
 
 
 def test_a_site_worker_killed_mid_round_is_restarted_and_nothing_is_counted_twice(
@@ -285,15 +294,9 @@ def test_a_site_worker_killed_mid_round_is_restarted_and_nothing_is_counted_twic
     (the message is retried on the restarted worker) or records that site as dropped; round 2
     has every site again, on the restarted worker; every site's sample-level DP account holds
     exactly the steps of the rounds the ledger counts it in (local-steps = 1 per round)."""
-    creds, folders = federation_files
-    port, run = free_port(), tmp_path / "runs" / "worker-killed"
-    dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 50.0}
-    args = coordinator_args(
-        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": "worker-killed", **dp}
+    coordinator, log, run, (_, victim) = start_dp_federation(
+        processes, federation_files, tmp_path, "worker-killed"
     )
-    coordinator, log = processes.start("coordinator", args)
-    wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
-    _, victim = start_nodes(processes, creds, folders, port)
 
     def clientapps() -> set[int]:
         return {p.pid for p in descendants_running(victim.pid, "flwr-clientapp")}
@@ -311,10 +314,6 @@ def test_a_site_worker_killed_mid_round_is_restarted_and_nothing_is_counted_twic
     assert len(rows[2]["sites"]) == 2 and rows[2]["dropped"] == []  # the restarted worker
     [restarted] = descendants_running(victim.pid, "client.site_worker")
     assert restarted.pid != worker.pid
-    federation = json.loads((run / "run.json").read_text())["federation_id"]
     for site in {str(n) for r in rows for n in r["sites"]}:
-        stored = json.loads(
-            (site_state_dir / "privacy" / f"{federation}.site-{site}.json").read_text()
-        )
         counted = sum(site in {str(n) for n in r["sites"]} for r in rows)
-        assert sum(stored["steps"]) == counted  # one step per round it was counted in
+        assert stored_steps(site_state_dir, run, site) == counted  # one step a counted round

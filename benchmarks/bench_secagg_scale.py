@@ -28,6 +28,7 @@ setup is not timed (only the representatives' setup, graph included, is timed).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage, cryp
 from privacy.secagg import client as client_module
 from privacy.secagg.client import share_point
 from privacy.secagg.graph import neighbours
+from privacy.secagg.identity import ephemeral_federation
 from privacy.secagg.masking import commit_self_mask, self_mask_key
 from privacy.secagg.messages import payload_nbytes
 
@@ -78,16 +80,18 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
     ids = list(range(n))
     server = SecAggServer(config, ids, params)
     setup_requests = server.requests()
+    sites = ephemeral_federation(ids)  # each client's certified identity (not timed)
     reps = ids[:: max(1, n // representatives)][:representatives]
     costs = {r: {"seconds": {}, "up": 0, "down": 0} for r in reps}
     clients: dict[int, SecAggClient] = {}
     replies = {}
     for r in reps:  # timed: setup with the client's own graph computation
-        clients[r], replies[r] = _timed(costs[r], "setup", SecAggClient.setup, setup_requests[r])
+        setup = functools.partial(SecAggClient.setup, site=sites[r])
+        clients[r], replies[r] = _timed(costs[r], "setup", setup, setup_requests[r])
     with _graph_computed_once():
         for cid in ids:
             if cid not in clients:
-                clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid])
+                clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid], sites[cid])
     server.receive(replies)
 
     # Key sharing: the representatives and their neighbours (whose shares they receive).
@@ -120,7 +124,7 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
     # Consistency and unmask over n survivors, signed by every client (as in a full round).
     survivors = ids
     message = messages.survivors_message(server.round_id, survivors)
-    signatures = [crypto.sign(clients[c].sig_sk, message) for c in survivors]
+    signatures = {c: crypto.sign(clients[c].sig_sk, message) for c in survivors}
     header = {messages.ROUND: server.round_id, messages.SURVIVORS: survivors}
     for r in reps:
         request = {messages.STAGE: Stage.CONSISTENCY.value, **header}
@@ -129,8 +133,7 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
         request = {
             messages.STAGE: Stage.UNMASK.value,
             **header,
-            messages.SIGNER_IDS: survivors,
-            messages.SIGNATURES: signatures,
+            **server.signers_payload(signatures),
             messages.ALIVE: list(peers),
             messages.DEAD: [],
         }

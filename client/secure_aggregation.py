@@ -9,22 +9,26 @@ stages the site's secrets live in ``context.state`` (never sent), because Flower
 fresh ClientApp process for every message.
 
 A site recomputes the round's protocol parameters from its own run config and refuses a
-coordinator that offers different ones (an error reply and a log line naming the keys).
+coordinator that offers different ones (an error reply and a log line naming the keys). It
+signs its round keys with its long-term key (``site_identity``) so that its peers, not the
+coordinator, decide whose keys they accept.
 """
 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from client.site_identity import site_record
+from client.site_identity import site_name, site_record
 from fedvlm import contract
 from fedvlm.adapter import Adapter
+from fedvlm.config import RUN_DIR, RUN_NAME, NodeSettings
 from fedvlm.energy import EnergyMeter, reading_to_metrics
-from fedvlm.errors import FedVLMError
+from fedvlm.errors import ConfigError, FedVLMError
 from privacy.secagg import CoordinatorMisbehaviourError, SecAggClient, SecAggConfig
 from privacy.secagg.flower import (
     MESSAGE_TYPES,
@@ -32,6 +36,13 @@ from privacy.secagg.flower import (
     payload_to_recorddict,
     recorddict_to_payload,
     save_client,
+)
+from privacy.secagg.identity import (
+    IDENTITY_KEY,
+    SIMULATION_FOLDER,
+    SiteIdentity,
+    identity_from_node_config,
+    simulation_identity,
 )
 from privacy.secagg.messages import MASKED, Stage
 from privacy.secagg.settings import SecureAggregationSettings, check_offered, flatten_update
@@ -51,6 +62,28 @@ def uniform_weights(context: Context) -> bool:
     coordinator's noise, calibrated to the clip, would under-protect it.
     """
     return PrivacySettings.from_config(context.run_config).mode == "client"
+
+
+def site_identity(context: Context) -> SiteIdentity:
+    """This site's certified identity: from its node settings, or made for a simulated site.
+
+    A deployed site without one cannot take part: its peers would have no way to tell its
+    keys from keys the coordinator made up.
+    """
+    configured = identity_from_node_config(context.node_config)
+    if configured is not None:
+        return configured
+    if NodeSettings.from_config(context.node_config).data_path is not None:
+        raise ConfigError(
+            IDENTITY_KEY.key,
+            "secure aggregation needs this site's <site>.key, <site>.crt and ca.crt from "
+            "`fedvlm credentials` (`fedvlm node --private-key --ca-cert` sets them)",
+        )
+    run_name = RUN_NAME.read(context.run_config)
+    if not run_name:
+        raise ConfigError(RUN_NAME.key, "a simulated site keeps its identity in the run folder")
+    folder = Path(RUN_DIR.read(context.run_config)).expanduser() / run_name / SIMULATION_FOLDER
+    return simulation_identity(folder, site_name(context))
 
 
 @contextmanager
@@ -75,7 +108,7 @@ def _setup(message: Message, context: Context) -> Message:
         payload = recorddict_to_payload(message.content)
         offered = SecAggConfig.from_dict(payload)
         check_offered(offered, settings, uniform_weights=uniform_weights(context))
-        client, reply = SecAggClient.setup(payload)
+        client, reply = SecAggClient.setup(payload, site_identity(context))
     save_client(context.state, client)
     return Message(payload_to_recorddict(reply), reply_to=message)
 

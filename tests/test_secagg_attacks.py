@@ -19,8 +19,10 @@ from privacy.secagg import (
     messages,
 )
 from privacy.secagg.graph import graph_seed, neighbours
+from privacy.secagg.identity import ephemeral_federation
 
 N = 100
+SITES = ephemeral_federation(range(N))
 
 
 def _setup_discarding(discard: int, round_id: bytes):
@@ -29,7 +31,7 @@ def _setup_discarding(discard: int, round_id: bytes):
     server = SecAggServer(config, list(range(N)), 8, round_id=round_id)
     replies, clients = {}, {}
     for cid, request in server.requests().items():
-        clients[cid], replies[cid] = SecAggClient.setup(request)
+        clients[cid], replies[cid] = SecAggClient.setup(request, SITES[cid])
     del replies[discard]
     server.receive(replies)
     return server, clients

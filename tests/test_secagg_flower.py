@@ -18,8 +18,11 @@ from privacy.secagg.flower import (
     save_client,
     to_messages,
 )
+from privacy.secagg.identity import ephemeral_federation
 from simulations.in_process import InProcessGrid, serverapp_identity
 
+IDS = [11, 22, 33, 44, 55]
+SITES = ephemeral_federation(IDS)
 app = ClientApp()
 
 
@@ -30,7 +33,8 @@ def _update(context: Context) -> np.ndarray:
 
 @app.query("secagg_setup")
 def _setup(message: Message, context: Context) -> Message:
-    client, reply = SecAggClient.setup(recorddict_to_payload(message.content))
+    payload = recorddict_to_payload(message.content)
+    client, reply = SecAggClient.setup(payload, SITES[context.node_id])
     save_client(context.state, client)
     return Message(payload_to_recorddict(reply), reply_to=message)
 
@@ -65,7 +69,7 @@ class CrashingInTraining(InProcessGrid):
 
 
 def test_a_round_through_flower_messages_and_context_state():
-    ids = [11, 22, 33, 44, 55]
+    ids = IDS
     grid = CrashingInTraining(app, {}, [{"seed": i} for i in range(len(ids))], ids)
     # One of 5 stated to drop (dropout fraction 0.2): degree 4, threshold 3 survive it.
     config = SecAggConfig(num_clients=len(ids), clip=1.0, max_weight=10, dropout_fraction=0.2)

@@ -26,7 +26,8 @@ CLIENT_ID = "client-id"
 C_PK, S_PK, SIG_PK, SIG, B_COMMIT = "c-pk", "s-pk", "sig-pk", "sig", "b-commit"
 PARTICIPANTS = "participants"
 SAMPLED = "sampled"  # every node id sampled for the round: fixes the graph before any reply
-SIG_PKS = "sig-pks"
+# A site's identity: its certificate (DER) and its long-term signature of its round key.
+ID_CERT, ID_SIG = "id-cert", "id-sig"
 PEER_IDS, PEER_C_PK, PEER_S_PK, PEER_B_COMMIT, PEER_SIG = (
     "peer-ids",
     "peer-c-pk",
@@ -34,8 +35,10 @@ PEER_IDS, PEER_C_PK, PEER_S_PK, PEER_B_COMMIT, PEER_SIG = (
     "peer-b-commit",
     "peer-sig",
 )
+PEER_SIG_PK, PEER_CERT, PEER_ID_SIG = "peer-sig-pk", "peer-cert", "peer-id-sig"
 DST_IDS, SRC_IDS, CIPHERTEXTS = "dst-ids", "src-ids", "ciphertexts"
 MASKED, LENGTH = "masked", "length"
 SURVIVORS, SIGNER_IDS, SIGNATURES = "survivors", "signer-ids", "signatures"
+SIGNER_SIG_PKS, SIGNER_CERTS, SIGNER_ID_SIGS = "signer-sig-pks", "signer-certs", "signer-id-sigs"
 ALIVE, DEAD = "alive", "dead"  # peers whose self-mask / pairwise-key shares are requested
 B_SHARES, SK_SHARES = "b-shares", "sk-shares"

@@ -3,9 +3,10 @@
 A Flower ClientApp process does not survive between messages, so the client is rebuilt from
 ``context.state`` for every stage (``SecAggClient.from_state``) and saved back
 (``to_state``). Every request of the coordinator is checked before anything secret leaves:
-the neighbourhood must match the public graph, peers' keys must carry valid signatures, the
-survivor set must be the one this client signed and that a threshold of clients signed too, and
-no peer may ever be asked for both its self-mask share and its pairwise-key share.
+the neighbourhood must match the public graph, peers' round keys must be signed by a site the
+federation's CA certified (``identity``), each identity standing for one node id only, the
+survivor set must be the one this client signed and that a threshold of certified sites signed
+too, and no peer may ever be asked for both its self-mask share and its pairwise-key share.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import crypto, messages, shamir
+from . import crypto, identity, messages, shamir
 from .config import SecAggConfig
 from .errors import (
     AuthenticationError,
@@ -25,6 +26,7 @@ from .errors import (
     RoundFailedError,
 )
 from .graph import graph_seed, neighbours
+from .identity import SiteIdentity
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import quantize
@@ -53,9 +55,10 @@ class SecAggClient:
     sig_sk: bytes
     sig_pk: bytes
     b_seed: bytes
+    ca: bytes  # the federation's CA certificate (DER), from this site's own files
+    fingerprint: bytes  # this site's certified identity
     graph_peers: list[int] = field(default_factory=list)
     participants: list[int] = field(default_factory=list)
-    sig_pks: list[bytes] = field(default_factory=list)
     peer_ids: list[int] = field(default_factory=list)
     peer_c_pk: list[bytes] = field(default_factory=list)
     peer_s_pk: list[bytes] = field(default_factory=list)
@@ -92,8 +95,12 @@ class SecAggClient:
 
     # ---------------------------------------------------------------- stages
     @classmethod
-    def setup(cls, payload: Payload) -> tuple[SecAggClient, Payload]:
-        """Start a round: check the config, draw fresh keys, reply with signed public keys."""
+    def setup(cls, payload: Payload, site: SiteIdentity) -> tuple[SecAggClient, Payload]:
+        """Start a round: check the config, draw fresh keys, reply with signed public keys.
+
+        The round signing key is signed with the site's long-term key and sent with its
+        certificate, so peers can tell it from one the coordinator made up.
+        """
         who = "coordinator (setup)"
         messages.check_stage(payload, Stage.SETUP, None, who)
         round_id = messages.get(payload, messages.ROUND, bytes, who)
@@ -125,6 +132,8 @@ class SecAggClient:
             sig_sk,
             sig_pk,
             b_seed,
+            site.ca,
+            site.fingerprint,
             graph_peers=graph[client_id],
         )
         commit = client._b_commit()
@@ -134,6 +143,8 @@ class SecAggClient:
             messages.C_PK: c_pk,
             messages.S_PK: s_pk,
             messages.SIG_PK: sig_pk,
+            messages.ID_CERT: site.cert,
+            messages.ID_SIG: site.sign(messages.identity_message(round_id, client_id, sig_pk)),
             messages.B_COMMIT: commit,
             messages.SIG: crypto.sign(
                 sig_sk, messages.bundle_message(round_id, client_id, c_pk, s_pk, commit)
@@ -162,9 +173,8 @@ class SecAggClient:
         """Check the neighbourhood and peers' keys, then send each neighbour encrypted shares."""
         who = self._enter(payload, Stage.SHARE_KEYS)
         participants = messages.get(payload, messages.PARTICIPANTS, list[int], who)
-        sig_pks = messages.get(payload, messages.SIG_PKS, list[bytes], who)
-        if len(set(participants)) != len(participants) or len(sig_pks) != len(participants):
-            raise MalformedPayloadError(f"{who}: participants and signing keys do not match")
+        if len(set(participants)) != len(participants):
+            raise MalformedPayloadError(f"{who}: the participants repeat")
         if self.client_id not in participants:
             self._refuse("the participant list leaves me out")
         if len(participants) > self.config.num_clients:
@@ -174,9 +184,6 @@ class SecAggClient:
                 f"{who}: {len(participants)} participants cannot reach threshold "
                 f"{self.config.threshold} of shares"
             )
-        directory = dict(zip(participants, sig_pks, strict=True))
-        if directory[self.client_id] != self.sig_pk:
-            self._refuse("the coordinator replaced my signing key in the directory")
         present = set(participants)
         expected = [p for p in self.graph_peers if p in present]
         if len(expected) < self.config.threshold:
@@ -187,20 +194,28 @@ class SecAggClient:
         peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
         if peer_ids != expected:
             self._refuse("the neighbours sent are not my neighbours in the round's public graph")
-        peer_c_pk = messages.get(payload, messages.PEER_C_PK, list[bytes], who)
-        peer_s_pk = messages.get(payload, messages.PEER_S_PK, list[bytes], who)
-        commits = messages.get(payload, messages.PEER_B_COMMIT, list[bytes], who)
-        sigs = messages.get(payload, messages.PEER_SIG, list[bytes], who)
-        if not len(peer_ids) == len(peer_c_pk) == len(peer_s_pk) == len(commits) == len(sigs):
+        keys = (
+            messages.PEER_C_PK,
+            messages.PEER_S_PK,
+            messages.PEER_B_COMMIT,
+            messages.PEER_SIG,
+            messages.PEER_SIG_PK,
+            messages.PEER_CERT,
+            messages.PEER_ID_SIG,
+        )
+        columns = [messages.get(payload, key, list[bytes], who) for key in keys]
+        if any(len(column) != len(peer_ids) for column in columns):
             raise MalformedPayloadError(f"{who}: peer key lists differ in length")
-        for peer, c_pk, s_pk, commit, sig in zip(
-            peer_ids, peer_c_pk, peer_s_pk, commits, sigs, strict=True
+        seen = {self.fingerprint}
+        for peer, c_pk, s_pk, commit, sig, sig_pk, cert, id_sig in zip(
+            peer_ids, *columns, strict=True
         ):
+            self._certified(peer, sig_pk, cert, id_sig, seen, who)
             signed = messages.bundle_message(self.round_id, peer, c_pk, s_pk, commit)
-            if not crypto.verify(directory[peer], sig, signed):
+            if not crypto.verify(sig_pk, sig, signed):
                 raise AuthenticationError(f"{who}: the public keys of client {peer} are not signed")
-        self.participants, self.sig_pks = list(participants), list(sig_pks)
-        self.peer_ids, self.peer_c_pk, self.peer_s_pk = peer_ids, peer_c_pk, peer_s_pk
+        self.participants = list(participants)
+        self.peer_ids, self.peer_c_pk, self.peer_s_pk = peer_ids, columns[0], columns[1]
         points = [share_point(p) for p in peer_ids]
         b_shares = shamir.split(self.b_seed, points, self.config.threshold)
         sk_shares = shamir.split(self.s_sk, points, self.config.threshold)
@@ -327,20 +342,50 @@ class SecAggClient:
         raise CoordinatorMisbehaviourError(f"client {self.client_id} refuses: {reason}")
 
     def _check_signatures(self, payload: Payload, who: str) -> None:
+        """Require the survivor set signed by ``threshold`` distinct certified sites.
+
+        Each signer comes with its round key, certificate and long-term signature of that
+        key: a signature counts only if it chains to the CA, and an identity counts once
+        however many node ids the coordinator gives it.
+        """
         signer_ids = messages.get(payload, messages.SIGNER_IDS, list[int], who)
-        signatures = messages.get(payload, messages.SIGNATURES, list[bytes], who)
-        directory = dict(zip(self.participants, self.sig_pks, strict=True))
+        keys = (
+            messages.SIGNATURES,
+            messages.SIGNER_SIG_PKS,
+            messages.SIGNER_CERTS,
+            messages.SIGNER_ID_SIGS,
+        )
+        columns = [messages.get(payload, key, list[bytes], who) for key in keys]
+        if any(len(column) != len(signer_ids) for column in columns):
+            raise MalformedPayloadError(f"{who}: signer lists differ in length")
         signed = messages.survivors_message(self.round_id, self.survivors)
-        valid = {
-            signer
-            for signer, sig in zip(signer_ids, signatures, strict=False)
-            if signer in self.survivors and crypto.verify(directory[signer], sig, signed)
-        }
-        if len(valid) < self.config.threshold:
+        identities: set[bytes] = set()
+        for signer, sig, sig_pk, cert, id_sig in zip(signer_ids, *columns, strict=True):
+            if signer not in self.survivors or not crypto.verify(sig_pk, sig, signed):
+                continue
+            try:
+                self._certified(signer, sig_pk, cert, id_sig, identities, who)
+            except (AuthenticationError, CoordinatorMisbehaviourError) as err:
+                logger.warning("secagg client %s ignores a signature: %s", self.client_id, err)
+        if len(identities) < self.config.threshold:
             self._refuse(
-                f"only {len(valid)} valid signatures of the survivor set, "
+                f"only {len(identities)} certified sites signed the survivor set, "
                 f"threshold is {self.config.threshold}"
             )
+
+    def _certified(
+        self, peer: int, sig_pk: bytes, cert: bytes, id_sig: bytes, seen: set[bytes], who: str
+    ) -> None:
+        """Check ``peer``'s round key is vouched for by a CA-certified site not yet in ``seen``.
+
+        Adds the site's identity to ``seen``. A coordinator holding one colluding site's key
+        could otherwise let that site stand for many node ids.
+        """
+        message = messages.identity_message(self.round_id, peer, sig_pk)
+        site = identity.verify(self.ca, cert, id_sig, message, f"{who}: client {peer}")
+        if site.fingerprint in seen:
+            self._refuse(f"the certified site {site.name!r} stands for more than one node id")
+        seen.add(site.fingerprint)
 
     def _reply(self, stage: Stage, body: Payload) -> Payload:
         return {messages.STAGE: stage.value, messages.ROUND: self.round_id, **body}

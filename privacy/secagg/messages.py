@@ -24,22 +24,29 @@ from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
     CLIENT_ID,
     DEAD,
     DST_IDS,
+    ID_CERT,
+    ID_SIG,
     LENGTH,
     MASKED,
     PARTICIPANTS,
     PEER_B_COMMIT,
     PEER_C_PK,
+    PEER_CERT,
+    PEER_ID_SIG,
     PEER_IDS,
     PEER_S_PK,
     PEER_SIG,
+    PEER_SIG_PK,
     ROUND,
     S_PK,
     SAMPLED,
     SIG,
     SIG_PK,
-    SIG_PKS,
     SIGNATURES,
+    SIGNER_CERTS,
+    SIGNER_ID_SIGS,
     SIGNER_IDS,
+    SIGNER_SIG_PKS,
     SK_SHARES,
     SRC_IDS,
     STAGE,
@@ -76,6 +83,11 @@ def bundle_message(
 ) -> bytes:
     """Return the bytes a client signs to vouch for its public keys in this round."""
     return _DOMAIN + b"keys/" + round_id + id_bytes(client_id) + c_pk + s_pk + commit
+
+
+def identity_message(round_id: bytes, client_id: int, sig_pk: bytes) -> bytes:
+    """Return the bytes a site signs with its long-term key to vouch for its round key."""
+    return _DOMAIN + b"identity/" + round_id + id_bytes(client_id) + sig_pk
 
 
 def survivors_message(round_id: bytes, survivors: list[int]) -> bytes:

@@ -84,6 +84,8 @@ class _Bundle:
     sig_pk: bytes
     commit: bytes
     sig: bytes
+    cert: bytes  # the site's certificate and its long-term signature of ``sig_pk``:
+    id_sig: bytes  # relayed to its peers, who check them against their own CA
 
 
 class SecAggServer:
@@ -167,15 +169,19 @@ class SecAggServer:
         return {messages.CLIENT_ID: cid, messages.SAMPLED: self.sampled, **self.config.to_dict()}
 
     def _share_keys_request(self, cid: int) -> Payload:
+        # Only the neighbours' entries: each carries a certificate and two signatures.
         peers = self._graph[cid]
+        bundles = [self._bundles[p] for p in peers]
         return {
             messages.PARTICIPANTS: self.active,
-            messages.SIG_PKS: [self._bundles[c].sig_pk for c in self.active],
             messages.PEER_IDS: peers,
-            messages.PEER_C_PK: [self._bundles[p].c_pk for p in peers],
-            messages.PEER_S_PK: [self._bundles[p].s_pk for p in peers],
-            messages.PEER_B_COMMIT: [self._bundles[p].commit for p in peers],
-            messages.PEER_SIG: [self._bundles[p].sig for p in peers],
+            messages.PEER_C_PK: [b.c_pk for b in bundles],
+            messages.PEER_S_PK: [b.s_pk for b in bundles],
+            messages.PEER_B_COMMIT: [b.commit for b in bundles],
+            messages.PEER_SIG: [b.sig for b in bundles],
+            messages.PEER_SIG_PK: [b.sig_pk for b in bundles],
+            messages.PEER_CERT: [b.cert for b in bundles],
+            messages.PEER_ID_SIG: [b.id_sig for b in bundles],
         }
 
     def _masked_input_request(self, cid: int) -> Payload:
@@ -195,13 +201,27 @@ class SecAggServer:
         alive = [p for p in held if p in self._survivor_set]
         dead = [p for p in held if p not in self._survivor_set]
         self._requested[cid] = (alive, dead)
-        signers = sorted(self._signatures)
         return {
             messages.SURVIVORS: self._survivors,
-            messages.SIGNER_IDS: signers,
-            messages.SIGNATURES: [self._signatures[s] for s in signers],
+            **self.signers_payload(self._signatures),
             messages.ALIVE: alive,
             messages.DEAD: dead,
+        }
+
+    def signers_payload(self, signatures: dict[int, bytes]) -> Payload:
+        """Return the survivor-set signatures with what certifies each signer's round key.
+
+        A site counts a signature only with the signer's round key, certificate and
+        long-term signature of that key (``SecAggClient._check_signatures``).
+        """
+        signers = sorted(signatures)
+        bundles = [self._bundles[s] for s in signers]
+        return {
+            messages.SIGNER_IDS: signers,
+            messages.SIGNATURES: [signatures[s] for s in signers],
+            messages.SIGNER_SIG_PKS: [b.sig_pk for b in bundles],
+            messages.SIGNER_CERTS: [b.cert for b in bundles],
+            messages.SIGNER_ID_SIGS: [b.id_sig for b in bundles],
         }
 
     # --------------------------------------------------------------- replies
@@ -247,7 +267,15 @@ class SecAggServer:
         advance()
 
     def _check_setup(self, cid: int, reply: Payload, who: str) -> None:
-        keys = (messages.C_PK, messages.S_PK, messages.SIG_PK, messages.B_COMMIT, messages.SIG)
+        keys = (
+            messages.C_PK,
+            messages.S_PK,
+            messages.SIG_PK,
+            messages.B_COMMIT,
+            messages.SIG,
+            messages.ID_CERT,
+            messages.ID_SIG,
+        )
         bundle = _Bundle(*(messages.get(reply, k, bytes, who) for k in keys))
         signed = messages.bundle_message(
             self.round_id, cid, bundle.c_pk, bundle.s_pk, bundle.commit

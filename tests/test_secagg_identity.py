@@ -18,12 +18,16 @@ Mutations tried (defence removed -> test that fails):
 - the round id left out of ``messages.identity_message`` -> ``test_a_round_key_the_certified_
   site_did_not_sign_is_refused`` (a signature replayed from an earlier round is accepted);
 - the repeated-identity check in ``_certified`` removed -> ``test_one_colluding_site_cannot_
-  stand_for_several_node_ids`` and ``test_survivor_signatures_count_only_from_distinct_
-  certified_sites``.
+  stand_for_several_node_ids`` (survivor signatures still count an identity once: they are
+  counted as a set of identities);
+- the extended-key-usage check in ``certified_key`` removed (the SuperLink's server
+  certificate accepted as a site's) -> ``test_the_superlinks_certificate_cannot_vouch_for_
+  a_site`` and ``test_identity_files_that_do_not_fit_are_refused_naming_the_file``.
 """
 
 import numpy as np
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -154,6 +158,25 @@ def test_a_certificate_from_another_ca_is_refused(n):
     cert = site_certificate(f"site-{peer}", key.public_key(), ca_cert, ca_key, days=1)
     _forge_round_keys(request, 0, cert.public_bytes(serialization.Encoding.DER), _ecdsa(key))
     with pytest.raises(AuthenticationError, match="not issued by the federation's CA"):
+        _victim_answers(run, request)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_the_superlinks_certificate_cannot_vouch_for_a_site(n, tmp_path):
+    """The coordinator holds the SuperLink's server.key, certified by the federation's own
+    CA: it signs a neighbour's round key with it and sends server.crt along."""
+    made = make_credentials(tmp_path, sites=[f"s{i}" for i in range(n)])
+    sites = {
+        i: SiteIdentity.from_files(key, made.site_certs[f"s{i}"], made.ca_cert)
+        for i, (key, _) in enumerate(made.site_keys[f"s{i}"] for i in range(n))
+    }
+    run = _paused(n, Stage.SHARE_KEYS, sites)
+    request = run.server.requests()[VICTIM]
+    server_key = serialization.load_pem_private_key(made.server_key.read_bytes(), None)
+    server_cert = x509.load_pem_x509_certificate(made.server_cert.read_bytes())
+    der = server_cert.public_bytes(serialization.Encoding.DER)
+    _forge_round_keys(request, 0, der, _ecdsa(server_key))
+    with pytest.raises(AuthenticationError, match="the SuperLink's cannot vouch"):
         _victim_answers(run, request)
 
 

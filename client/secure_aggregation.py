@@ -1,8 +1,8 @@
-"""A site's side of secure aggregation: the five SecAgg+ stages as ClientApp handlers.
+"""A site's side of secure aggregation: the six SecAgg+ stages as ClientApp handlers.
 
 With ``secure-aggregation = true`` the coordinator never receives a site's adapter update.
-It drives the round through five messages (``privacy.secagg.flower.MESSAGE_TYPES``); the
-third, ``train.secagg_masked_input``, brings the global adapter and train config like a plain
+It drives the round through six messages (``privacy.secagg.flower.MESSAGE_TYPES``); the
+fourth, ``train.secagg_masked_input``, brings the global adapter and train config like a plain
 train message: the site trains with the very same code as a plain round, clips the update,
 flattens it, and replies with the masked integer vector plus scalar metrics only. Between
 stages the site's secrets live in ``context.state`` (never sent), because Flower may start a
@@ -32,6 +32,7 @@ from fedvlm.errors import ConfigError, FedVLMError
 from privacy.secagg import CoordinatorMisbehaviourError, SecAggClient, SecAggConfig
 from privacy.secagg.flower import (
     MESSAGE_TYPES,
+    count_aborts,
     load_client,
     payload_to_recorddict,
     recorddict_to_payload,
@@ -45,7 +46,12 @@ from privacy.secagg.identity import (
     simulation_identity,
 )
 from privacy.secagg.messages import MASKED, Stage
-from privacy.secagg.settings import SecureAggregationSettings, check_offered, flatten_update
+from privacy.secagg.settings import (
+    MAX_ABORTS,
+    SecureAggregationSettings,
+    check_offered,
+    flatten_update,
+)
 from privacy.settings import PrivacySettings
 from privacy.site_account import SiteRefusalError, refusal_reply
 
@@ -102,19 +108,21 @@ def _refusals_logged(message: Message, context: Context) -> Iterator[None]:
 
 
 def _setup(message: Message, context: Context) -> Message:
-    """Stage 0: check the coordinator's parameters against ours, then draw fresh keys."""
+    """Stage 0: check the coordinator's parameters against ours and that it has not aborted
+    too many rounds after our graph-seed reveal, then draw fresh keys."""
     with _refusals_logged(message, context):
         settings = SecureAggregationSettings.from_config(context.run_config)
         payload = recorddict_to_payload(message.content)
         offered = SecAggConfig.from_dict(payload)
         check_offered(offered, settings, uniform_weights=uniform_weights(context))
+        count_aborts(context.state, MAX_ABORTS.read({**context.run_config, **context.node_config}))
         client, reply = SecAggClient.setup(payload, site_identity(context))
     save_client(context.state, client)
     return Message(payload_to_recorddict(reply), reply_to=message)
 
 
 def _protocol_stage(message: Message, context: Context) -> Message:
-    """Stages 1, 3 and 4: pure protocol work on the state kept since setup."""
+    """The stages without training: pure protocol work on the state kept since setup."""
     with _refusals_logged(message, context):
         client = load_client(context.state)
         reply = client.handle(recorddict_to_payload(message.content))
@@ -164,9 +172,10 @@ def masked_input_handler(
 
 
 def register(app: ClientApp, train_update: TrainUpdate, meter_for: MeterFor) -> None:
-    """Register the five stage handlers on ``app`` (called by ``client/app.py``)."""
+    """Register the six stage handlers on ``app`` (called by ``client/app.py``)."""
     handlers = {
         Stage.SETUP: _setup,
+        Stage.REVEAL: _protocol_stage,
         Stage.SHARE_KEYS: _protocol_stage,
         Stage.MASKED_INPUT: masked_input_handler(train_update, meter_for),
         Stage.CONSISTENCY: _protocol_stage,

@@ -17,9 +17,10 @@ Mutations tried (defence removed -> test that fails):
   ``test_a_certificate_from_another_ca_is_refused``;
 - the round id left out of ``messages.identity_message`` -> ``test_a_round_key_the_certified_
   site_did_not_sign_is_refused`` (a signature replayed from an earlier round is accepted);
-- the repeated-identity check in ``_certified`` removed -> ``test_one_colluding_site_cannot_
-  stand_for_several_node_ids`` (survivor signatures still count an identity once: they are
-  counted as a set of identities);
+- the repeated-identity check of the committed set (``SecAggClient.reveal``) or the check that
+  a certificate is the identity committed for its node id (``_certified``) removed ->
+  ``test_one_colluding_site_cannot_stand_for_several_node_ids``; the latter also breaks
+  ``test_survivor_signatures_count_only_from_distinct_certified_sites``;
 - the extended-key-usage check in ``certified_key`` removed (the SuperLink's server
   certificate accepted as a site's) -> ``test_the_superlinks_certificate_cannot_vouch_for_
   a_site`` and ``test_identity_files_that_do_not_fit_are_refused_naming_the_file``.
@@ -182,16 +183,23 @@ def test_the_superlinks_certificate_cannot_vouch_for_a_site(n, tmp_path):
 
 @pytest.mark.parametrize("n", SIZES)
 def test_one_colluding_site_cannot_stand_for_several_node_ids(n):
-    """With one colluding site's long-term key the coordinator certifies its own round keys
-    for two of the victim's neighbours: the same identity twice is refused (else one
-    colluder would count as many)."""
+    """With one colluding site's long-term key the coordinator vouches for round keys of its
+    own under a second node id: refused whether the committed set lists the colluder's
+    identity twice (at the reveal) or the other id's true identity (at key sharing)."""
     sites = ephemeral_federation(range(n))
+    run = _paused(n, Stage.REVEAL, sites)
+    request = run.server.requests()[VICTIM]
+    fps = list(request[messages.COMMITTED_FPS])
+    fps[2] = fps[1]
+    with pytest.raises(CoordinatorMisbehaviourError, match="more than one node id"):
+        _victim_answers(run, {**request, messages.COMMITTED_FPS: fps})
+
     run = _paused(n, Stage.SHARE_KEYS, sites)
     request = run.server.requests()[VICTIM]
     colluder = request[messages.PEER_IDS][0]
     cert = request[messages.PEER_CERT][0]
     _forge_round_keys(request, 1, cert, sites[colluder].sign)
-    with pytest.raises(CoordinatorMisbehaviourError, match="more than one node id"):
+    with pytest.raises(CoordinatorMisbehaviourError, match="not the identity committed for it"):
         _victim_answers(run, request)
 
 
@@ -205,7 +213,8 @@ def test_survivor_signatures_count_only_from_distinct_certified_sites(n):
     request = run.server.requests()[VICTIM]
     t = run.server.config.threshold
     survivors = request[messages.SURVIVORS]
-    signed = messages.survivors_message(run.server.round_id, survivors)
+    directory = run.states[VICTIM]["directory"]
+    signed = messages.survivors_message(run.server.round_id, survivors, directory)
     real = dict(zip(request[messages.SIGNER_IDS], request[messages.SIGNATURES], strict=True))
     kept = [VICTIM, *[s for s in real if s != VICTIM][: t - 2]]
     made_up = [s for s in survivors if s not in kept]

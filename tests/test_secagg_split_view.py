@@ -99,7 +99,7 @@ def split_view_attack(config: SecAggConfig, colluders_needed_at_most: int):
         sig_sk = run.states[cid]["sig_sk"]
         for view in (view_alive, view_dead):
             signatures[tuple(view)][cid] = crypto.sign(
-                sig_sk, messages.survivors_message(round_id, view)
+                sig_sk, messages.survivors_message(round_id, view, run.states[cid]["directory"])
             )
 
     # Unmask: ask each honest neighbour of the victim for the share its view allows.

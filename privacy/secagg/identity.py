@@ -49,7 +49,7 @@ from fedvlm.credentials import (
 from fedvlm.errors import FedVLMError
 from fedvlm.settings_registry import Scope, setting
 
-from .errors import AuthenticationError
+from .errors import AuthenticationError, MalformedPayloadError
 
 IDENTITY_KEY = setting(
     "secagg-identity-key",
@@ -158,6 +158,24 @@ def _load(path: Path, flag: str, parse: Any) -> Any:
         return parse(Path(path).expanduser().read_bytes())
     except (OSError, ValueError, TypeError) as err:
         raise FedVLMError(f"{flag}: cannot read {path}: {err}") from err
+
+
+def fingerprint_of(cert: bytes) -> bytes:
+    """Return the identity fingerprint a certificate claims (unchecked: the coordinator's
+    listing of the committed set; sites check it against the CA themselves).
+
+    Raises
+    ------
+    MalformedPayloadError
+        If ``cert`` is not a DER certificate with an EC key.
+    """
+    try:
+        public_key = x509.load_der_x509_certificate(cert).public_key()
+    except ValueError as err:
+        raise MalformedPayloadError(f"not a DER certificate ({err})") from err
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise MalformedPayloadError("the certificate's key is not an EC key")
+    return _fingerprint(public_key)
 
 
 @functools.lru_cache(maxsize=4096)

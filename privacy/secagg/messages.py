@@ -22,6 +22,9 @@ from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
     C_PK,
     CIPHERTEXTS,
     CLIENT_ID,
+    COMMITTED,
+    COMMITTED_FPS,
+    COMMITTED_SEEDS,
     DEAD,
     DST_IDS,
     ID_CERT,
@@ -37,9 +40,12 @@ from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
     PEER_S_PK,
     PEER_SIG,
     PEER_SIG_PK,
+    REVEALS,
     ROUND,
     S_PK,
     SAMPLED,
+    SEED,
+    SEED_COMMIT,
     SIG,
     SIG_PK,
     SIGNATURES,
@@ -59,9 +65,13 @@ Payload = dict[str, Any]
 
 
 class Stage(StrEnum):
-    """Protocol stages in order (Bonawitz et al. 2017 rounds 0-4, SecAgg+ graph)."""
+    """Protocol stages in order (Bonawitz et al. 2017 rounds 0-4, SecAgg+ graph).
 
-    SETUP = "setup"  # coordinator -> config; client -> signed public keys
+    ``REVEAL`` is fedvlm's: the commit-then-reveal of the graph seed (``graph``).
+    """
+
+    SETUP = "setup"  # coordinator -> config; client -> signed public keys, graph-seed commit
+    REVEAL = "reveal"  # coordinator -> the committed set; client -> its graph seed
     SHARE_KEYS = "share_keys"  # coordinator -> neighbours' keys; client -> encrypted shares
     MASKED_INPUT = "masked_input"  # coordinator -> shares for me; client -> masked vector
     CONSISTENCY = "consistency"  # coordinator -> survivor set; client -> signature of it
@@ -90,9 +100,13 @@ def identity_message(round_id: bytes, client_id: int, sig_pk: bytes) -> bytes:
     return _DOMAIN + b"identity/" + round_id + id_bytes(client_id) + sig_pk
 
 
-def survivors_message(round_id: bytes, survivors: list[int]) -> bytes:
-    """Return the bytes each client signs in the consistency check."""
-    return _DOMAIN + b"survivors/" + round_id + id_bytes(*sorted(survivors))
+def survivors_message(round_id: bytes, survivors: list[int], directory: bytes) -> bytes:
+    """Return the bytes each client signs in the consistency check.
+
+    ``directory`` is the digest of the committed set (``graph.committed_digest``): a
+    signature vouches that its signer saw the same sites, identities and graph seed too.
+    """
+    return _DOMAIN + b"survivors/" + round_id + directory + id_bytes(*sorted(survivors))
 
 
 def share_aad(round_id: bytes, src: int, dst: int) -> bytes:

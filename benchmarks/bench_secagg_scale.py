@@ -3,13 +3,14 @@
 At each n (default 100, 1,000 and 10,000; 100k parameters; degree and threshold derived from
 the default threat model) this measures:
 
-- **per-client time and bytes**, for a few representative clients driven through all five
+- **per-client time and bytes**, for a few representative clients driven through all six
   stages by the project's own classes (`SecAggClient`, requests built by `SecAggServer`)
   against the full n-client round: every one of the n clients ran setup (fresh keys, signed
   bundle), so the directory, the sampled list, the survivor list and the signatures a client
   receives are n entries long, and its neighbours ran the key-sharing stage for real. Time is
-  the client's own handler time summed over the stages (setup includes recomputing the public
-  graph over the n sampled ids); bytes are `payload_nbytes` of every request and reply;
+  the client's own handler time summed over the stages (key sharing includes checking the n
+  graph-seed reveals and recomputing the public graph over the n committed ids); bytes are
+  `payload_nbytes` of every request and reply;
 - **coordinator unmask time** over n survivors: rebuilding each survivor's self-mask seed from
   t Shamir shares, checking it against its commitment and removing its ChaCha20 self-mask from
   the n-client sum, which is the survivors' part of `SecAggServer`'s unmask (no dropouts, so
@@ -18,8 +19,8 @@ the default threat model) this measures:
 What is not run for every client: key sharing, masking and signing beyond the representative
 clients and their neighbours (the n masked vectors are not materialised). Clients other than
 the representatives and their neighbours are treated as having survived every stage.
-The public graph every client recomputes at setup is computed once for the clients whose
-setup is not timed (only the representatives' setup, graph included, is timed).
+The public graph every client recomputes at key sharing is computed once for the clients whose
+key sharing is not timed (only the representatives', graph included, is timed).
 
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py                 # ~5 min on 2 cores
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py --clients 100 1000 --json out.json
@@ -28,6 +29,7 @@ setup is not timed (only the representatives' setup, graph included, is timed).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage, cryp
 from privacy.secagg import client as client_module
 from privacy.secagg.client import share_point
 from privacy.secagg.graph import neighbours
+from privacy.secagg.identity import ephemeral_federation
 from privacy.secagg.masking import commit_self_mask, self_mask_key
 from privacy.secagg.messages import payload_nbytes
 
@@ -48,8 +51,8 @@ CLIP = 1.0
 
 @contextmanager
 def _graph_computed_once():
-    """Every client recomputes the same public graph at setup; compute it once for those
-    whose setup is not timed (an O(n log n) hash-and-sort each, n^2 log n over the round)."""
+    """Every client recomputes the same public graph at key sharing; compute it once for
+    those whose key sharing is not timed (an O(n log n) hash-and-sort each)."""
     cache: dict[tuple, dict[int, list[int]]] = {}
 
     def shared(ids, degree, seed):
@@ -78,32 +81,48 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
     ids = list(range(n))
     server = SecAggServer(config, ids, params)
     setup_requests = server.requests()
+    sites = ephemeral_federation(ids)  # each client's certified identity (not timed)
     reps = ids[:: max(1, n // representatives)][:representatives]
     costs = {r: {"seconds": {}, "up": 0, "down": 0} for r in reps}
     clients: dict[int, SecAggClient] = {}
     replies = {}
-    for r in reps:  # timed: setup with the client's own graph computation
-        clients[r], replies[r] = _timed(costs[r], "setup", SecAggClient.setup, setup_requests[r])
-    with _graph_computed_once():
-        for cid in ids:
-            if cid not in clients:
-                clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid])
+    for r in reps:  # timed: setup
+        setup = functools.partial(SecAggClient.setup, site=sites[r])
+        clients[r], replies[r] = _timed(costs[r], "setup", setup, setup_requests[r])
+    for cid in ids:
+        if cid not in clients:
+            clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid], sites[cid])
     server.receive(replies)
 
-    # Key sharing: the representatives and their neighbours (whose shares they receive).
-    sharing = sorted({*reps, *(p for r in reps for p in clients[r].graph_peers)})
-    share_replies = {}
+    # Reveal: the representatives check the committed set; the others' seeds are just sent.
+    reveal_requests = server.requests()
+    reveals = {c: {**reveal_requests[c], messages.SEED: clients[c].g_seed} for c in ids}
+    for r in reps:
+        reveals[r] = _timed(costs[r], "reveal", clients[r].handle, reveal_requests[r])
+    server.receive(reveals)
+
+    # Key sharing: the representatives and their neighbours (whose shares they receive), with
+    # the graph each recomputes from the reveals computed once for those not timed.
+    graph = server._graph  # noqa: SLF001 - whose shares the representatives receive
+    sharing = sorted({*reps, *(p for r in reps for p in graph[r])})
     for cid in sharing:
-        request = server._share_keys_request(cid)  # noqa: SLF001 - one client's request of n
-        request = {
+        if cid not in reps:
+            clients[cid].handle(reveal_requests[cid])  # untimed: the committed set's digest
+    share_requests = {
+        cid: {
             messages.STAGE: Stage.SHARE_KEYS.value,
             messages.ROUND: server.round_id,
-            **request,
+            **server._share_keys_request(cid),  # noqa: SLF001 - one client's request of n
         }
-        if cid in costs:
-            share_replies[cid] = _timed(costs[cid], "share_keys", clients[cid].handle, request)
-        else:
-            share_replies[cid] = clients[cid].handle(request)
+        for cid in sharing
+    }
+    share_replies = {
+        r: _timed(costs[r], "share_keys", clients[r].handle, share_requests[r]) for r in reps
+    }
+    with _graph_computed_once():
+        for cid in sharing:
+            if cid not in reps:
+                share_replies[cid] = clients[cid].handle(share_requests[cid])
     server.receive(share_replies)  # clients that did not share keys count as dropped here
 
     rng = np.random.default_rng(0)
@@ -119,8 +138,9 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
 
     # Consistency and unmask over n survivors, signed by every client (as in a full round).
     survivors = ids
-    message = messages.survivors_message(server.round_id, survivors)
-    signatures = [crypto.sign(clients[c].sig_sk, message) for c in survivors]
+    directory = clients[reps[0]].directory
+    message = messages.survivors_message(server.round_id, survivors, directory)
+    signatures = {c: crypto.sign(clients[c].sig_sk, message) for c in survivors}
     header = {messages.ROUND: server.round_id, messages.SURVIVORS: survivors}
     for r in reps:
         request = {messages.STAGE: Stage.CONSISTENCY.value, **header}
@@ -129,8 +149,7 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
         request = {
             messages.STAGE: Stage.UNMASK.value,
             **header,
-            messages.SIGNER_IDS: survivors,
-            messages.SIGNATURES: signatures,
+            **server.signers_payload(signatures),
             messages.ALIVE: list(peers),
             messages.DEAD: [],
         }

@@ -3,14 +3,16 @@
 At each n (default 100, 1,000 and 10,000; 100k parameters; degree and threshold derived from
 the default threat model) this measures:
 
-- **per-client time and bytes**, for a few representative clients driven through all five
+- **per-client time and bytes**, for a few representative clients driven through all six
   stages by the project's own classes (`SecAggClient`, requests built by `SecAggServer`)
   against the full n-client round: every one of the n clients ran setup (fresh keys, signed
-  bundle), so the sampled list (setup) and the signing-key directory (key sharing) a client
+  bundle, certified round key), so the sampled list (setup), the committed set (reveal: ids,
+  identity fingerprints, seed commitments) and the graph-seed reveals (key sharing) a client
   receives are n entries long, and its neighbours ran the key-sharing stage for real; the
-  survivors and signatures it receives are those of its ring segment and neighbours (O(k)).
-  Time is the client's own handler time summed over the stages (setup includes finding its
-  place in the public ring: a hash and a sort of the n sampled ids); bytes are
+  survivors and signatures (with each signer's round key and certificate) it receives are
+  those of its ring segment and neighbours (O(k)). Time is the client's own handler time
+  summed over the stages (key sharing includes checking the n graph-seed reveals and finding
+  its place in the public ring: a hash and a sort of the n committed ids); bytes are
   `payload_nbytes` of every request and reply, downloads also by stage;
 - **coordinator unmask time** over n survivors: rebuilding each survivor's self-mask seed from
   t Shamir shares, checking it against its commitment and removing its ChaCha20 self-mask from
@@ -20,10 +22,10 @@ the default threat model) this measures:
 What is not run for every client: key sharing, masking and signing beyond the representative
 clients and their neighbours (the n masked vectors are not materialised). Clients other than
 the representatives and their neighbours are treated as having survived every stage.
-The public ring every client recomputes at setup is computed once for the clients whose
-setup is not timed (only the representatives' setup, ring included, is timed). The consistency
+The public ring every client recomputes at key sharing is computed once for the clients whose
+key sharing is not timed (only the representatives', ring included, is timed). The consistency
 and unmask requests of the representatives are built here as `SecAggServer` builds them, with
-every client a survivor and its neighbours' signatures.
+every client a survivor and its neighbours' certified signatures.
 
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py                 # ~5 min on 2 cores
     PYTHONPATH=. python benchmarks/bench_secagg_scale.py --clients 100 1000 --json out.json
@@ -32,6 +34,7 @@ every client a survivor and its neighbours' signatures.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import time
@@ -45,6 +48,7 @@ from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage, cryp
 from privacy.secagg import client as client_module
 from privacy.secagg.client import share_point
 from privacy.secagg.graph import Ring
+from privacy.secagg.identity import ephemeral_federation
 from privacy.secagg.masking import commit_self_mask, self_mask_key
 from privacy.secagg.messages import payload_nbytes
 
@@ -53,8 +57,8 @@ CLIP = 1.0
 
 @contextmanager
 def _ring_computed_once():
-    """Every client recomputes the same public ring at setup; compute it once for those
-    whose setup is not timed (an O(n log n) hash-and-sort each, n^2 log n over the round)."""
+    """Every client recomputes the same public ring at key sharing; compute it once for those
+    whose key sharing is not timed (an O(n log n) hash-and-sort each, n^2 log n over the round)."""
     cache: dict[tuple, Ring] = {}
 
     def shared(ids, degree, seed):
@@ -88,32 +92,48 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
     ids = list(range(n))
     server = SecAggServer(config, ids, params)
     setup_requests = server.requests()
+    sites = ephemeral_federation(ids)  # each client's certified identity (not timed)
     reps = ids[:: max(1, n // representatives)][:representatives]
     costs = {r: {"seconds": {}, "up": 0, "down": 0, "down_by_stage": {}} for r in reps}
     clients: dict[int, SecAggClient] = {}
     replies = {}
-    for r in reps:  # timed: setup with the client's own graph computation
-        clients[r], replies[r] = _timed(costs[r], "setup", SecAggClient.setup, setup_requests[r])
-    with _ring_computed_once():
-        for cid in ids:
-            if cid not in clients:
-                clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid])
+    for r in reps:  # timed: setup
+        setup = functools.partial(SecAggClient.setup, site=sites[r])
+        clients[r], replies[r] = _timed(costs[r], "setup", setup, setup_requests[r])
+    for cid in ids:
+        if cid not in clients:
+            clients[cid], replies[cid] = SecAggClient.setup(setup_requests[cid], sites[cid])
     server.receive(replies)
 
-    # Key sharing: the representatives and their neighbours (whose shares they receive).
-    sharing = sorted({*reps, *(p for r in reps for p in clients[r].graph_peers)})
-    share_replies = {}
+    # Reveal: the representatives check the committed set; the others' seeds are just sent.
+    reveal_requests = server.requests()
+    reveals = {c: {**reveal_requests[c], messages.SEED: clients[c].g_seed} for c in ids}
+    for r in reps:
+        reveals[r] = _timed(costs[r], "reveal", clients[r].handle, reveal_requests[r])
+    server.receive(reveals)
+
+    # Key sharing: the representatives and their neighbours (whose shares they receive), with
+    # the graph each recomputes from the reveals computed once for those not timed.
+    graph = server._graph  # noqa: SLF001 - whose shares the representatives receive
+    sharing = sorted({*reps, *(p for r in reps for p in graph[r])})
     for cid in sharing:
-        request = server._share_keys_request(cid)  # noqa: SLF001 - one client's request of n
-        request = {
+        if cid not in reps:
+            clients[cid].handle(reveal_requests[cid])  # untimed: the committed set's digest
+    share_requests = {
+        cid: {
             messages.STAGE: Stage.SHARE_KEYS.value,
             messages.ROUND: server.round_id,
-            **request,
+            **server._share_keys_request(cid),  # noqa: SLF001 - one client's request of n
         }
-        if cid in costs:
-            share_replies[cid] = _timed(costs[cid], "share_keys", clients[cid].handle, request)
-        else:
-            share_replies[cid] = clients[cid].handle(request)
+        for cid in sharing
+    }
+    share_replies = {
+        r: _timed(costs[r], "share_keys", clients[r].handle, share_requests[r]) for r in reps
+    }
+    with _ring_computed_once():
+        for cid in sharing:
+            if cid not in reps:
+                share_replies[cid] = clients[cid].handle(share_requests[cid])
     server.receive(share_replies)  # clients that did not share keys count as dropped here
 
     rng = np.random.default_rng(0)
@@ -128,7 +148,8 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
         )
 
     # Consistency and unmask with all n clients surviving: each representative gets the
-    # survivors of its ring segment and its neighbours' signatures of their neighbourhoods.
+    # survivors of its ring segment and its neighbours' certified signatures of their
+    # neighbourhoods under the committed set's digest.
     for r in reps:
         header = {
             messages.ROUND: server.round_id,
@@ -140,10 +161,12 @@ def per_client(n: int, params: int, representatives: int) -> tuple[SecAggConfig,
         request = {
             messages.STAGE: Stage.UNMASK.value,
             **header,
-            messages.SIGNER_IDS: list(peers),
-            messages.SIGNATURES: [
-                crypto.sign(clients[p].sig_sk, clients[p].consistency_message(ids)) for p in peers
-            ],
+            **server.signers_payload(
+                {
+                    p: crypto.sign(clients[p].sig_sk, clients[p].consistency_message(ids))
+                    for p in peers
+                }
+            ),
             messages.ALIVE: list(peers),
             messages.DEAD: [],
         }

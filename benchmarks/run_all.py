@@ -4,8 +4,8 @@ Each figure is measured in this run, side by side with its reference (ratios, ne
 absolute claims carried over from another machine), and printed with how it was measured.
 Benchmarks that expose functions are imported (bench_overhead, bench_scale, bench_utility,
 bench_secagg, fedvlm.presets); the others run as subprocesses with ``--json PATH`` and their
-figures are read from that file (bench_energy, bench_dp, bench_secagg_scale); no printed
-table is scraped.
+figures are read from that file (bench_energy, bench_dp, bench_secagg_scale,
+bench_deploy); no printed table is scraped.
 Flower's and Ray's output goes to a log file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --quick            # <= 15 min, 2 cores
@@ -70,6 +70,7 @@ class Sizes:
     scale_rounds: int
     utility_sites: int
     utility_rounds: int
+    deploy_args: tuple[str, ...]
 
 
 QUICK = Sizes(
@@ -84,6 +85,7 @@ QUICK = Sizes(
     scale_rounds=5,
     utility_sites=4,
     utility_rounds=10,
+    deploy_args=("--rounds", "3"),
 )
 FULL = Sizes(
     overhead_rounds=8,
@@ -97,6 +99,7 @@ FULL = Sizes(
     scale_rounds=20,
     utility_sites=4,
     utility_rounds=16,
+    deploy_args=("--rounds", "5"),
 )
 
 
@@ -345,6 +348,35 @@ def utility(sizes: Sizes, log: Path) -> list[Figure]:
     ]
 
 
+def deployed(sizes: Sizes, log: Path) -> list[Figure]:
+    """Figure 8: deployed rounds on loopback, warm and cold, against work and the floor."""
+    f = script_json("bench_deploy.py", sizes.deploy_args, log)
+    how = (
+        f"bench_deploy.py {' '.join(sizes.deploy_args)}: `fedvlm coordinator` + 3 `fedvlm node` "
+        "(--insecure, loopback, embedded model, 16 local steps); work = slowest site's metered "
+        "train + evaluate + the coordinator's metered seconds (ledger energy block); floor = the "
+        "same federation with a no-op ClientApp (benchmarks/floor_app); medians of rounds 2.."
+    )
+
+    def line(run: dict) -> str:
+        return (
+            f"wall/work {run['wall_over_work']:.2f}, wall/(floor+work) "
+            f"{run['wall_over_floor_work']:.2f} ({run['wall_seconds']:.1f} s / "
+            f"{run['work_seconds']:.1f} s work)"
+        )
+
+    return [
+        Figure(
+            8,
+            f"deployed round, warm site worker (targets: wall/work <= {f['target']:g}, or "
+            f"wall/(floor+work) <= {f['floor_target']:g})",
+            f"{line(f['warm'])}; floor {f['floor_seconds']:.1f} s",
+            how,
+        ),
+        Figure(8, "  same, cold (a process per message loads the model)", line(f["cold"]), how),
+    ]
+
+
 PARTS: list[tuple[str, Callable[[Sizes, Path], list[Figure]]]] = [
     ("overhead and bytes", overhead_and_bytes),
     ("secure aggregation", secure_aggregation),
@@ -353,6 +385,7 @@ PARTS: list[tuple[str, Callable[[Sizes, Path], list[Figure]]]] = [
     ("energy tracking", energy),
     ("scale", scale),
     ("utility", utility),
+    ("deployed rounds", deployed),
 ]
 
 

@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedvlm.credentials import make_credentials, make_site_key
+from fedvlm.credentials import certify_site, make_credentials, make_site_key
 from fedvlm.data.imagefolder import validate_imagefolder
 from fedvlm.errors import FedVLMError
 
@@ -26,10 +26,16 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict:
 
 
 def _credentials(args: argparse.Namespace) -> int:
+    if args.certify:  # the CA's folder certifies a site's public key it was sent
+        for site in args.certify:
+            cert = certify_site(Path(args.out).expanduser(), site, force=args.force, days=args.days)
+            print(f"fedvlm: site {site} gets {cert} (its identity for secure aggregation)")
+        return 0
     if args.sites_only:  # a new site joins: its key pair only, CA and server untouched
         for site in args.site:
             private, public = make_site_key(Path(args.out).expanduser(), site, force=args.force)
             print(f"fedvlm: site {site} gets {private} (secret, 0600); register {public}")
+            print(f"  and have the CA's folder certify it: fedvlm credentials --certify {site}")
         return 0
     hosts = list(dict.fromkeys([*args.host, "localhost", "127.0.0.1"]))
     made = make_credentials(
@@ -39,7 +45,8 @@ def _credentials(args: argparse.Namespace) -> int:
     print(f"  coordinator host keeps: {made.ca_cert.name}, {made.server_cert.name}, ")
     print(f"    {made.server_key.name} (secret), ca.key (secret, offline if you can), *.pub")
     for site, (private, public) in made.site_keys.items():
-        print(f"  site {site} gets: {made.ca_cert.name} and {private.name} (secret, 0600);")
+        cert = made.site_certs[site].name
+        print(f"  site {site} gets: {made.ca_cert.name}, {cert} and {private.name} (secret, 0600);")
         print(f"    the coordinator registers {public.name}")
     return 0
 
@@ -87,6 +94,10 @@ def _node(args: argparse.Namespace) -> int:
     settings.setdefault("torch-threads", args.torch_threads)
     if args.private_key:  # the name the site registered under (`fedvlm credentials --site`)
         settings.setdefault("site-name", Path(args.private_key).stem)
+        # Its secure-aggregation identity: the same key, <site>.crt next to it, the CA.
+        settings.setdefault("secagg-identity-key", str(Path(args.private_key).expanduser()))
+    if args.ca_cert:
+        settings.setdefault("secagg-ca-cert", str(Path(args.ca_cert).expanduser()))
     options = NodeOptions(
         superlink=args.superlink,
         data_path=Path(args.data).expanduser().resolve(),
@@ -130,6 +141,13 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         "--sites-only",
         action="store_true",
         help="only add key pairs for the given --site names to an existing folder",
+    )
+    cred.add_argument(
+        "--certify",
+        action="append",
+        default=[],
+        metavar="SITE",
+        help="issue <SITE>.crt for <SITE>.pub with the CA in --out (repeat)",
     )
     cred.set_defaults(func=_credentials)
 

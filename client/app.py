@@ -96,6 +96,7 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
             site.train,
             seed=run.seed + 100_003 * server_round + partition,
             reference=start,
+            message_id=msg.metadata.message_id,
         )
     update = outgoing(
         subtract(get_adapter_state(model), start),

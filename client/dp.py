@@ -36,8 +36,12 @@ def train_with_privacy(
     *,
     seed: int,
     reference: Adapter,
+    message_id: str = "",
 ) -> tuple[TrainStats, dict[str, Any]]:
     """Train for this round, privately if the run says so; return stats and DP metrics.
+
+    ``message_id`` keys the sample-level account's round, so that a retried message (a site
+    worker that died before its reply left) is accounted once (`privacy.account_store`).
 
     Raises
     ------
@@ -66,7 +70,7 @@ def train_with_privacy(
     store = AccountStore.for_site(
         context.node_config, str(config.get(dp_keys.FEDERATION, "")), site
     )
-    account = SiteAccount.open(privacy.sample, store, config, site)
+    account = SiteAccount.open(privacy.sample, store, config, site, message_id)
     try:
         require_per_example_gradients(model)
     except ConfigError as err:

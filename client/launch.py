@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from client.prompt_supernode import POLL_ENV
 from client.worker_channel import WORKER_ENABLED, WORKER_SOCKET
 from client.worker_supervisor import WorkerSupervisor
 from fedvlm.credentials import require_private
@@ -29,11 +30,18 @@ from fedvlm.processes import (
     TORCH_THREADS,
     child_env,
     exit_on_sigterm,
-    flower_executable,
     free_port,
     start_process,
     stop_process_group,
 )
+
+# flwr 1.42's flower-superexec (started by flower-supernode, inheriting its environment) asks
+# its SuperNode for a task every FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds, 1.0 unless set;
+# the SuperNode itself polls the SuperLink every 3 s when idle (client/prompt_supernode.py
+# shortens that, from POLL_ENV seconds). Each wait delays every message, two or more per
+# round; each poll is a request (the SuperExec's stays on this host).
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+POLL_SECONDS = {SUPEREXEC_POLL_ENV: 0.25, POLL_ENV: 0.1}
 
 INSECURE_WARNING = (
     "WARNING: --insecure: this node talks to the SuperLink WITHOUT TLS and WITHOUT node "
@@ -107,8 +115,9 @@ def node_config_text(data_path: Path, settings: Mapping[str, Any]) -> str:
 
 
 def supernode_command(opts: NodeOptions, port: int) -> list[str]:
-    """The `flower-supernode` command line for these options."""
-    command = [flower_executable("flower-supernode"), "--superlink", opts.superlink]
+    """The `flower-supernode` command line for these options (run as `client.prompt_supernode`:
+    Flower's SuperNode with its idle poll shortened)."""
+    command = [sys.executable, "-m", "client.prompt_supernode", "--superlink", opts.superlink]
     if opts.insecure:
         command.append("--insecure")
     else:
@@ -152,7 +161,7 @@ def run_node(opts: NodeOptions) -> int:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         refuse_tls_link_when_insecure(opts.superlink)
     threads = TORCH_THREADS.read(opts.settings)
-    env = child_env(threads=threads)
+    env = {**child_env(threads=threads), **{k: str(v) for k, v in POLL_SECONDS.items()}}
     with contextlib.ExitStack() as stack:
         if opts.warm:  # same environment (threads, device variables) as the SuperNode's
             worker = stack.enter_context(WorkerSupervisor(env))

@@ -11,9 +11,11 @@ secrets survive a worker crash) and returns the worker's reply. Without one (``f
 
 A worker that dies mid-message is restarted by the node; the message is retried once on the
 restarted worker. Since the first attempt's reply and state were never returned, the retry
-starts from the same node state and nothing is counted twice; if the retry fails too, the
-message raises and Flower answers with an error reply (the coordinator records the site as
-dropped for that round), never a wrong result.
+starts from the same node state; the one thing the worker writes outside it, the sample-level
+DP account file, is keyed by the message id, so the retry replaces the lost attempt's steps
+instead of adding to them (`privacy.account_store`): nothing is counted twice. If the retry
+fails too, the message raises and Flower answers with an error reply (the coordinator records
+the site as dropped for that round), never a wrong result.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ FORWARDED = (
     CONSISTENCY_MESSAGE,
     UNMASK_MESSAGE,
 )
-RESTART_WAIT = 120.0  # seconds to wait for the node to bring a dead worker back
+RESTART_WAIT = 120.0  # seconds to wait for a starting or restarted worker to listen
 
 app = ClientApp()
 
@@ -72,15 +74,19 @@ def forward(message: Message, context: Context) -> Message:
 
         return full_app(message, context)
     try:
-        return _ask(Path(str(path)), message, context, wait=0.0)
+        return _ask(Path(str(path)), message, context)
     except ChannelBrokenError as first:
         log.warning("site worker lost (%s); retrying once on the restarted worker", first)
-        return _ask(Path(str(path)), message, context, wait=RESTART_WAIT)
+        return _ask(Path(str(path)), message, context)
 
 
-def _ask(path: Path, message: Message, context: Context, *, wait: float) -> Message:
-    """One round trip to the worker; on success write its node state into ``context``."""
-    with _connect(path, wait) as conn:
+def _ask(path: Path, message: Message, context: Context) -> Message:
+    """One round trip to the worker; on success write its node state into ``context``.
+
+    Waiting for a worker to listen (one starting with the node, or restarted) is no attempt:
+    only a channel that breaks after the request was sent uses up the one retry.
+    """
+    with _connect(path, RESTART_WAIT) as conn:
         send_frames(conn, *encode_request(message, context))
         kind = recv_frame(conn)
         if kind == FAILED:
@@ -92,7 +98,7 @@ def _ask(path: Path, message: Message, context: Context, *, wait: float) -> Mess
 
 
 def _connect(path: Path, wait: float) -> socket.socket:
-    """Connect to the worker, waiting up to ``wait`` s for a restarted one to listen."""
+    """Connect to the worker, waiting up to ``wait`` s for a (re)started one to listen."""
     deadline = time.monotonic() + wait
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -103,7 +109,7 @@ def _connect(path: Path, wait: float) -> socket.socket:
             conn.close()
             if time.monotonic() >= deadline:
                 raise ChannelBrokenError(f"no site worker at {path}: {err}") from err
-            time.sleep(0.2)
+            time.sleep(0.05)
 
 
 for _type in FORWARDED:

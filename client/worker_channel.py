@@ -64,8 +64,11 @@ def listen(path: Path) -> socket.socket:
 
 
 def send_frames(conn: socket.socket, *frames: bytes) -> None:
-    """Write each frame as its length then its bytes."""
-    conn.sendall(b"".join(_LENGTH.pack(len(f)) + f for f in frames))
+    """Write each frame as its length then its bytes; a peer gone raises ChannelBrokenError."""
+    try:
+        conn.sendall(b"".join(_LENGTH.pack(len(f)) + f for f in frames))
+    except OSError as err:  # BrokenPipeError, ConnectionResetError: the peer died
+        raise ChannelBrokenError(f"the site worker channel broke while sending: {err}") from err
 
 
 def recv_frame(conn: socket.socket) -> bytes:
@@ -78,7 +81,10 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
     view = bytearray(n)
     got = 0
     while got < n:
-        chunk = conn.recv_into(memoryview(view)[got:], n - got)
+        try:
+            chunk = conn.recv_into(memoryview(view)[got:], n - got)
+        except OSError as err:  # a peer that died with our request unread resets the socket
+            raise ChannelBrokenError(f"the site worker channel broke: {err}") from err
         if chunk == 0:
             raise ChannelBrokenError("the site worker closed the channel mid-frame")
         got += chunk

@@ -19,6 +19,7 @@ from coordinator import console, site_evaluation
 from coordinator.central_set import central_set
 from coordinator.checkpoint import open_resumed, save_checkpoint
 from coordinator.energy_block import round_energy
+from coordinator.exchange import prompt_replies
 from coordinator.ledger import append_round, read_ledger
 from coordinator.liveness import (
     RoundFailedError,
@@ -83,6 +84,7 @@ def evaluate_at_sites(
 def main(grid: Grid, context: Context) -> None:
     """Run the federation: rounds of train, aggregate, evaluate, record."""
     torch.set_num_threads(1)
+    grid = prompt_replies(grid)  # replies collected as they arrive (coordinator/exchange.py)
     run = RunSettings.from_config(context.run_config)
     secagg = SecureAggregationSettings.from_config(context.run_config)
     # A `resume` run continues in the interrupted run's folder (coordinator/checkpoint.py).

@@ -272,6 +272,18 @@ def use_snippet(base_model: str, adapter_dir: Path) -> list[str]:
     ]
 
 
+# Only the adapter update is masked: the card must not let "only the sum" read as "nothing
+# else" (README, "What the coordinator sees in the clear").
+CLEAR_PER_SITE = [
+    "**What the coordinator saw in the clear, per site.** Only the adapter update was masked. "
+    "Each site's train reply also carried, unmasked: its number of training examples, train "
+    "loss (withheld under DP), train seconds, bytes sent, peak GPU memory, energy (kWh and "
+    "gCO2e) and its DP metrics; each evaluate reply carried its evaluation accuracy overall, "
+    "per question type and per subgroup (small subgroups suppressed). The ledger keeps them "
+    "per site.",
+]
+
+
 def _secagg_section(rows: list[dict[str, Any]]) -> list[str]:
     """The secure-aggregation parameters of the run and the threat model they hold under.
 
@@ -292,7 +304,11 @@ def _secagg_section(rows: list[dict[str, Any]]) -> list[str]:
         "al. 2020). The graph degree k and threshold t were derived from the threat model "
         "stated for the run: a coordinator that tells some neighbours a site survived and "
         "others that it dropped needs 2t − k colluding neighbours of that site to open its "
-        "update.",
+        "update. Each site signed its round keys with its long-term key, certified by the "
+        "federation's CA (`fedvlm credentials`), and accepted a peer's keys only under such a "
+        "certificate: the coordinator could not answer for a site itself.",
+        "",
+        *CLEAR_PER_SITE,
         "",
     ]
     for block, rounds in blocks.values():

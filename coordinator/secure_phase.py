@@ -1,10 +1,12 @@
 """The training half of a round under secure aggregation: the coordinator learns only the sum.
 
-Five exchanges with the sampled sites, one `grid.send_and_receive` each (SecAgg+, see
-`privacy/secagg`): key setup, encrypted key shares, masked inputs (this message also carries
-the global adapter and train config; sites train, then mask), a signed survivor list, and the
-shares that remove the masks. A site that fails or stays silent at any stage is a dropout;
-the round completes while a threshold of shares remains. The unmasked weighted sum is turned
+Six exchanges with the sampled sites, one `grid.send_and_receive` each (SecAgg+, see
+`privacy/secagg`): key setup (certified round keys, a commitment to a graph seed), the
+graph-seed reveal, encrypted key shares, masked inputs (this message also carries the global
+adapter and train config; sites train, then mask), a signed survivor list, and the shares that
+remove the masks. A site that fails or stays silent at any stage is a dropout, except at the
+reveal, where it aborts the round (the graph may not be drawn without its seed); the round
+completes while a threshold of shares remains. The unmasked weighted sum is turned
 back into adapter tensors, optionally noised (client-level DP), validated and applied by the
 strategy through `apply_update_sum`, so only a strategy linear in the updates can run here.
 
@@ -56,7 +58,7 @@ def secure_train_phase(
     Parameters
     ----------
     strategy, grid, server_round, global_adapter, train_config, timeout, min_replies, meter
-        As for `plain_train_phase`; ``timeout`` bounds each of the five exchanges.
+        As for `plain_train_phase`; ``timeout`` bounds each of the six exchanges.
     settings : SecureAggregationSettings
         The run's ``secagg-*`` settings (the sites check the round's parameters against
         their own copy).

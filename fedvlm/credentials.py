@@ -11,6 +11,13 @@ Flower needs three kinds of files for a secure deployment (docs/architecture.md,
   the operator registers the public key (``load_ssh_public_key`` in ``flwr supernode
   register``).
 
+fedvlm adds one file per site, ``<site>.crt``: a certificate, signed by the CA, binding the
+site name to that same public key. Secure aggregation needs it because the coordinator relays
+every key a site sees: a site signs each round's keys with its long-term key and sends its
+certificate along, and its peers accept only keys that chain to ``ca.crt``
+(``privacy/secagg/identity.py``), so a coordinator cannot answer for a site it does not hold
+the key of.
+
 Private keys are written with mode 0600 from the moment the file exists (never chmod'ed
 afterwards), and nothing is overwritten unless ``force`` is given: silently replacing a CA
 or a site key would lock every site out of a running federation.
@@ -52,6 +59,7 @@ class Credentials:
     server_cert: Path
     server_key: Path
     site_keys: dict[str, tuple[Path, Path]]  # site -> (private key, public key)
+    site_certs: dict[str, Path]  # site -> certificate of its public key, signed by the CA
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -104,6 +112,7 @@ def _certificate(
     is_ca: bool,
     san: list[x509.GeneralName] | None = None,
     days: int = CERT_DAYS,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
@@ -136,7 +145,7 @@ def _certificate(
     else:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(san or []), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(signing_key, hashes.SHA384())
 
 
@@ -181,6 +190,61 @@ def make_site_key(folder: Path, site: str, *, force: bool = False) -> tuple[Path
     return private_path, public_path
 
 
+def new_ca(days: int = CERT_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Return a fresh CA key and its self-signed certificate."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    return key, _certificate("fedvlm CA", key.public_key(), None, key, is_ca=True, days=days)
+
+
+def site_certificate(
+    site: str,
+    public_key: ec.EllipticCurvePublicKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    days: int = CERT_DAYS,
+) -> x509.Certificate:
+    """Return the CA's certificate binding `site` (its common name) to `public_key`."""
+    return _certificate(
+        site,
+        public_key,
+        ca_cert.subject,
+        ca_key,
+        is_ca=False,
+        days=days,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+
+
+def certify_site(folder: Path, site: str, *, force: bool = False, days: int = CERT_DAYS) -> Path:
+    """Write `<site>.crt` for `<site>.pub` in `folder`, signed with the CA there; return it.
+
+    For a site that made its own key pair (``--sites-only``) and sent the operator its
+    ``.pub``: the CA's folder issues the certificate its peers will check.
+
+    Raises
+    ------
+    CredentialsError
+        If the CA or the site's public key is missing, or the certificate exists and not
+        `force`.
+    """
+    ca_cert_path, ca_key_path = folder / CA_CERT, folder / CA_KEY
+    public_path, cert_path = folder / f"{site}.pub", folder / f"{site}.crt"
+    for needed in (ca_cert_path, ca_key_path, public_path):
+        if not needed.is_file():
+            raise CredentialsError(f"--certify {site}: {needed} does not exist")
+    _refuse_existing([cert_path], force)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    public = serialization.load_ssh_public_key(public_path.read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or not isinstance(
+        public, ec.EllipticCurvePublicKey
+    ):
+        raise CredentialsError(f"--certify {site}: {ca_key_path} and {public_path} must be EC keys")
+    cert = site_certificate(site, public, ca_cert, ca_key, days)
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path
+
+
 def make_credentials(
     folder: str | Path,
     *,
@@ -189,7 +253,7 @@ def make_credentials(
     force: bool = False,
     days: int = CERT_DAYS,
 ) -> Credentials:
-    """Create a CA, a SuperLink certificate for `hosts`, and one key pair per site.
+    """Create a CA, a SuperLink certificate for `hosts`, one key pair and certificate per site.
 
     Any existing file is refused unless `force` is given, so running the command twice
     never silently invalidates what the sites already hold (``force`` makes a new CA too).
@@ -203,7 +267,7 @@ def make_credentials(
     hosts : sequence of str
         DNS names and IP addresses the sites use to reach the SuperLink (its SAN).
     sites : sequence of str
-        Site names; each gets ``<site>.key`` / ``<site>.pub``.
+        Site names; each gets ``<site>.key`` / ``<site>.pub`` and ``<site>.crt``.
     force : bool
         Overwrite existing files.
     days : int
@@ -220,11 +284,10 @@ def make_credentials(
     if len(set(sites)) != len(sites):
         raise CredentialsError(f"site names must be unique, got {list(sites)}")
     targets = [out / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)]
-    targets += [out / f"{s}.{ext}" for s in sites for ext in ("key", "pub")]
+    targets += [out / f"{s}.{ext}" for s in sites for ext in ("key", "pub", "crt")]
     _refuse_existing(targets, force)
 
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = _certificate("fedvlm CA", ca_key.public_key(), None, ca_key, is_ca=True, days=days)
+    ca_key, ca_cert = new_ca(days)
     server_key = ec.generate_private_key(ec.SECP384R1())
     first_host = next((h for h in hosts if h.strip()), "superlink")
     server_cert = _certificate(
@@ -241,7 +304,10 @@ def make_credentials(
     _write_secret(out / SERVER_KEY, _pem_key(server_key))
     _write_public(out / SERVER_CERT, server_cert.public_bytes(serialization.Encoding.PEM))
     site_keys = {s: make_site_key(out, s, force=force) for s in sites}
-    return Credentials(out, out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, site_keys)
+    site_certs = {s: certify_site(out, s, force=force, days=days) for s in sites}
+    return Credentials(
+        out, out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, site_keys, site_certs
+    )
 
 
 def require_private(path: Path, flag: str) -> None:

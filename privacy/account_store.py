@@ -12,6 +12,12 @@ is created, kept by a resume) unless the site pins its own with the node-config 
 ``privacy-federation``: a site that pins it cannot have its account reset by a coordinator
 that announces a new id.
 
+A message handled twice is counted once: the file also keeps the id of the message whose
+releases it last recorded and the history before them. A site worker that dies after writing
+the file but before its reply left is asked again with the same message (`client.node_app`
+retries once); that retry starts from the history before the lost attempt, whose update
+never left the site, instead of adding its steps a second time.
+
 Directory: node-config ``state-dir``, else the environment variable ``FEDVLM_STATE_DIR``,
 else ``~/.fedvlm/state``.
 """
@@ -85,15 +91,35 @@ class AccountStore:
             )
         return cls(state_dir(node_config) / "privacy" / f"{federation}.site-{site}.json")
 
-    def load(self, accountant: str) -> PrivacyHistory:
-        """The stored history ([] when the site never trained in this federation)."""
+    def load(self, accountant: str, message: str = "") -> PrivacyHistory:
+        """The stored history ([] when the site never trained in this federation).
+
+        ``message``: the id of the message about to be handled; if the stored history was
+        last written for that same message (a retry), the history before it is returned.
+        """
         if not self.path.exists():
             return PrivacyHistory(accountant)
         data = json.loads(self.path.read_text())
+        if message and data.get("message") == message:
+            data = data["before"]
         return PrivacyHistory.from_lists(accountant, data["noise"], data["rate"], data["steps"])
 
-    def save(self, history: PrivacyHistory) -> None:
-        """Replace the stored history, atomically and durably."""
-        lists = history.to_lists()
-        record = {key: lists[key] for key in ("noise", "rate", "steps")}
+    def save(
+        self, history: PrivacyHistory, message: str = "", before: PrivacyHistory | None = None
+    ) -> None:
+        """Replace the stored history, atomically and durably.
+
+        ``message`` and ``before``: the id of the message whose releases ``history`` records
+        last, and the history before them (see `load`).
+        """
+        record = _lists(history)
+        if message:
+            record.update(
+                message=message, before=_lists(before or PrivacyHistory(history.accountant))
+            )
         write_atomic(self.path, json.dumps(record).encode())
+
+
+def _lists(history: PrivacyHistory) -> dict[str, Any]:
+    lists = history.to_lists()
+    return {key: lists[key] for key in ("noise", "rate", "steps")}

@@ -84,12 +84,23 @@ class SiteAccount:
         Releases accounted so far (see `open`).
     site : int
         The site's key (`site_key`).
+    message : str
+        The id of the message this round answers ("" when unknown): a retry of the same
+        message starts again from the history before it (`AccountStore.load`).
     """
 
-    def __init__(self, settings: SampleLevelSettings, history: PrivacyHistory, site: int) -> None:
+    def __init__(
+        self,
+        settings: SampleLevelSettings,
+        history: PrivacyHistory,
+        site: int,
+        message: str = "",
+    ) -> None:
         self.settings = settings
         self.history = history
+        self.before = PrivacyHistory(history.accountant, list(history.releases))
         self.site = site
+        self.message = message
         self.plan: RoundPlan | None = None
 
     @classmethod
@@ -99,15 +110,19 @@ class SiteAccount:
         store: AccountStore,
         train_config: Mapping[str, Any],
         site: int,
+        message: str = "",
     ) -> "SiteAccount":
-        """The account from the site's file or the coordinator's record, whichever is longer."""
-        own = store.load(settings.accountant)
+        """The account from the site's file or the coordinator's record, whichever is longer.
+
+        ``message`` is the id of the message being answered (see the class).
+        """
+        own = store.load(settings.accountant, message)
         known = known_history(train_config, site, settings.accountant)
-        return cls(settings, known if known.steps > own.steps else own, site)
+        return cls(settings, known if known.steps > own.steps else own, site, message)
 
     def save(self, store: AccountStore) -> None:
         """Write the history to the site's file (call before the update is released)."""
-        store.save(self.history)
+        store.save(self.history, self.message, self.before)
 
     def begin_round(
         self, *, num_examples: int, batch_size: int, local_steps: int, planned_rounds: int

@@ -13,7 +13,9 @@ this process, keeping what makes a deployment differ from a function call:
   protobuf before each message, as it does when a SuperNode starts a fresh ClientApp
   process (the secure-aggregation round state lives there; a site's DP account lives in a
   node-local file that outlives the run, `privacy.account_store`);
-- a ClientApp that raises becomes an error reply, as Flower's ClientApp runtime makes it.
+- a ClientApp that raises becomes an error reply, as Flower's ClientApp runtime makes it;
+- each site has credentials of its own (a fresh CA, `<site>.key` / `<site>.crt`, made in a
+  temporary folder), which secure aggregation signs its round keys with.
 
 `run_coordinator` runs the coordinator's real ServerApp main against such a grid, with the
 process identity Flower's ServerApp runtime sets first (`serverapp_identity`).
@@ -21,8 +23,10 @@ process identity Flower's ServerApp runtime sets first (`serverapp_identity`).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -37,6 +41,8 @@ from flwr.common.serde import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator import app as coordinator_app
+from fedvlm.credentials import make_credentials
+from privacy.secagg.identity import IDENTITY_KEY
 
 FIRST_NODE_ID = 1000
 
@@ -99,11 +105,19 @@ class InProcessGrid:
         if len(node_ids) != len(node_configs):
             raise ValueError(f"{len(node_ids)} node ids for {len(node_configs)} node configs")
         self.app = app
+        self._credentials = tempfile.TemporaryDirectory(prefix="fedvlm-credentials-")
+        sites = [f"site-{i}" for i in range(len(node_configs))]
+        keys = make_credentials(self._credentials.name, sites=sites).site_keys
         self.contexts = {
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": len(node_configs), **extra},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": len(node_configs),
+                    IDENTITY_KEY.key: str(Path(keys[f"site-{i}"][0])),
+                    **extra,
+                },
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

@@ -7,6 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from cryptography.x509.oid import NameOID
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
@@ -66,12 +67,31 @@ def test_bad_names_are_refused(tmp_path):
 def test_cli_makes_credentials_and_refuses_a_second_time(tmp_path, capsys):
     out = tmp_path / "creds"
     assert main(["credentials", "--out", str(out), "--host", "fl.example.org", "--site", "a"]) == 0
-    assert "site a gets: ca.crt and a.key" in capsys.readouterr().out
+    assert "site a gets: ca.crt, a.crt and a.key" in capsys.readouterr().out
     assert main(["credentials", "--out", str(out), "--site", "a"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     ca = (out / "ca.crt").read_bytes()
     assert main(["credentials", "--out", str(out), "--sites-only", "--site", "b"]) == 0
     assert (out / "b.key").is_file() and (out / "ca.crt").read_bytes() == ca
+    assert not (out / "b.crt").exists()  # its own key pair; the CA's folder certifies it
+    assert main(["credentials", "--out", str(out), "--certify", "b"]) == 0
+    assert "site b gets" in capsys.readouterr().out
+    assert main(["credentials", "--out", str(out), "--certify", "b"]) == 2  # no silent overwrite
+    assert main(["credentials", "--out", str(out), "--certify", "nobody"]) == 2
+    assert "nobody.pub does not exist" in capsys.readouterr().err
+
+
+def test_each_site_gets_a_certificate_binding_its_name_to_its_key(tmp_path):
+    made = make_credentials(tmp_path, sites=["a", "b"])
+    ca = x509.load_pem_x509_certificate(made.ca_cert.read_bytes())
+    for site, cert_path in made.site_certs.items():
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == site
+        assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        private = load_ssh_private_key(made.site_keys[site][0].read_bytes(), None)
+        assert cert.public_key() == private.public_key()
+        assert _mode(cert_path) == 0o644
 
 
 def test_a_new_site_makes_its_key_pair_in_a_folder_that_does_not_exist_yet(tmp_path):

@@ -258,21 +258,62 @@ def test_deployed_dp_sites_keep_their_accounts_in_their_own_state_dir(
     """Minimum settings: each real node writes its sample-level account to its node-local
     file (privacy/account_store.py), outside Flower's per-run state, with every step the
     coordinator's ledger accounted for it."""
+    coordinator, log, run, _ = start_dp_federation(processes, federation_files, tmp_path, "dp")
+    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    sites = read_ledger(run)[-1]["privacy"]["sites"]
+    assert len(sites) == 2
+    for site, account in sites.items():
+        assert stored_steps(site_state_dir, run, site) == account["steps"] == 2
+
+
+def start_dp_federation(processes, federation_files, tmp_path, name: str):
+    """`fedvlm coordinator` (sample-level DP, minimum settings) and two `fedvlm node`;
+    returns the coordinator, its log, the run folder and the nodes."""
     creds, folders = federation_files
-    port, run = free_port(), tmp_path / "runs" / "dp"
+    port, run = free_port(), tmp_path / "runs" / name
     dp = {"dp-mode": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 50.0}
     args = coordinator_args(
-        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": "dp", **dp}
+        creds, tmp_path / "state", port, tmp_path / "runs", **{"run-name": name, **dp}
     )
     coordinator, log = processes.start("coordinator", args)
     wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
-    start_nodes(processes, creds, folders, port)
-    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
-    sites = read_ledger(run)[-1]["privacy"]["sites"]
+    return coordinator, log, run, start_nodes(processes, creds, folders, port)
+
+
+def stored_steps(state_dir: Path, run: Path, site: str) -> int:
+    """Steps in a site's node-local sample-level account file (privacy/account_store.py)."""
     federation = json.loads((run / "run.json").read_text())["federation_id"]
-    assert len(sites) == 2
-    for site, account in sites.items():
-        stored = json.loads(
-            (site_state_dir / "privacy" / f"{federation}.site-{site}.json").read_text()
-        )
-        assert sum(stored["steps"]) == account["steps"] == 2
+    path = state_dir / "privacy" / f"{federation}.site-{site}.json"
+    return sum(json.loads(path.read_text())["steps"])
+
+
+def test_a_site_worker_killed_mid_round_is_restarted_and_nothing_is_counted_twice(
+    processes, federation_files, tmp_path, site_state_dir
+):
+    """SIGKILL one node's site worker while its round-1 ClientApp runs: round 1 completes
+    (the message is retried on the restarted worker) or records that site as dropped; round 2
+    has every site again, on the restarted worker; every site's sample-level DP account holds
+    exactly the steps of the rounds the ledger counts it in (local-steps = 1 per round)."""
+    coordinator, log, run, (_, victim) = start_dp_federation(
+        processes, federation_files, tmp_path, "worker-killed"
+    )
+
+    def clientapps() -> set[int]:
+        return {p.pid for p in descendants_running(victim.pid, "flwr-clientapp")}
+
+    wait_for(lambda: len(read_ledger(run)) >= 1, RUN_TIMEOUT, "round 0", coordinator)
+    round_0 = clientapps()
+    wait_for(lambda: clientapps() - round_0, RUN_TIMEOUT, "the round-1 ClientApp", coordinator)
+    [worker] = descendants_running(victim.pid, "client.site_worker")
+    worker.kill()  # mid-round: its ClientApp is forwarding a message to it
+
+    assert coordinator.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    rows = read_ledger(run)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert len(rows[1]["sites"]) + len(rows[1]["dropped"]) == 2  # completed, or dropped
+    assert len(rows[2]["sites"]) == 2 and rows[2]["dropped"] == []  # the restarted worker
+    [restarted] = descendants_running(victim.pid, "client.site_worker")
+    assert restarted.pid != worker.pid
+    for site in {str(n) for r in rows for n in r["sites"]}:
+        counted = sum(site in {str(n) for n in r["sites"]} for r in rows)
+        assert stored_steps(site_state_dir, run, site) == counted  # one step a counted round

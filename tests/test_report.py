@@ -139,6 +139,45 @@ def test_model_card_metadata_parses_and_holds_the_ledger_totals(run_dir: Path) -
     assert "world average" in card.text  # the coordinator's fallback is flagged
 
 
+def test_secure_aggregation_section_lists_what_the_coordinator_saw_in_the_clear(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run-s"
+    rows = _write_run(run_dir, privacy=False)
+    block = {
+        "num_clients": 3,
+        "degree": 2,
+        "threshold": 2,
+        "corrupt": 0,
+        "corrupt_fraction": 0.0,
+        "dropouts": 1,
+        "dropout_fraction": 0.25,
+        "colluders_needed": 2,
+        "privacy_failure": 0.0,
+        "correctness_failure": 1e-13,
+        "sigma": 40,
+        "eta": 30,
+    }
+    for row in rows[1:]:
+        row["secagg"] = block
+    (run_dir / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = ModelCard(model_card(run_dir)).text
+    assert "## Secure aggregation" in text and "k = 2, t = 2" in text
+    clear = text.split("What the coordinator saw in the clear, per site.")[1].split("\n")[0]
+    for scalar in (
+        "number of training examples",
+        "train loss",
+        "train seconds",
+        "bytes sent",
+        "peak GPU memory",
+        "energy",
+        "DP metrics",
+        "evaluation accuracy overall, per question type and per subgroup",
+    ):
+        assert scalar in clear, scalar
+    assert "certified by the federation's CA" in text
+
+
 def test_report_rebuilds_the_same_from_the_ledger(run_dir: Path) -> None:
     first = build_report(run_dir)
     card = (run_dir / "adapter" / "README.md").read_bytes()

@@ -2,16 +2,17 @@
 
 Behaviour, not wall-clock: at n = 100 (k = 26 at the defaults) every list in every request a
 site receives is counted against one ring segment (2k + 1 ids: its neighbours' closed
-neighbourhoods), well below n. Two lists are still O(n) and named here: the sampled ids at
-setup (they fix the graph seed) and the signing-key directory at key sharing; both belong to
-the seed and site-identity work.
+neighbourhoods), well below n. The lists still O(n) are named here, all at setup: the sampled
+ids (setup), the committed set (ids, certified identity fingerprints and seed commitments, at
+the reveal stage) and every committed site's graph-seed reveal (key sharing), which together
+draw a graph seed the coordinator cannot steer and bind each node id to one certified site.
 
 Mutations tried (defence removed -> test that fails):
 - the coordinator sends the whole survivor list again (``SecAggServer._local_survivors``
   returning ``self._survivors``) -> ``test_downloads_past_setup_carry_neighbours_only``
   (the consistency and unmask requests carry 98 survivors);
-- every signature again (``signers = sorted(self._signatures)`` in ``_unmask_request``) ->
-  the same test (98 signer ids and signatures).
+- every signature again (``self.signers_payload(self._signatures)`` in ``_unmask_request``)
+  -> the same test (98 signer ids, signatures, round keys, certificates and key signatures).
 """
 
 import numpy as np
@@ -21,8 +22,10 @@ from privacy.secagg import SecAggConfig, Stage, messages, run_protocol_in_memory
 N = 100
 STILL_O_N = {
     (Stage.SETUP.value, messages.SAMPLED),
-    (Stage.SHARE_KEYS.value, messages.PARTICIPANTS),
-    (Stage.SHARE_KEYS.value, messages.SIG_PKS),
+    (Stage.REVEAL.value, messages.COMMITTED),
+    (Stage.REVEAL.value, messages.COMMITTED_FPS),
+    (Stage.REVEAL.value, messages.COMMITTED_SEEDS),
+    (Stage.SHARE_KEYS.value, messages.REVEALS),
 }
 
 
@@ -50,6 +53,13 @@ def test_downloads_past_setup_carry_neighbours_only():
     }
     assert not too_long, f"lists longer than a ring segment of {segment}: {too_long}"
     # The lists this bound is about were there and carried entries.
-    for key in (messages.SURVIVORS, messages.SIGNER_IDS, messages.SIGNATURES):
+    for key in (
+        messages.SURVIVORS,
+        messages.SIGNER_IDS,
+        messages.SIGNATURES,
+        messages.SIGNER_SIG_PKS,
+        messages.SIGNER_CERTS,
+        messages.SIGNER_ID_SIGS,
+    ):
         assert longest[Stage.UNMASK.value, key] >= config.threshold - 1
     assert longest[Stage.CONSISTENCY.value, messages.SURVIVORS] >= config.threshold

@@ -6,11 +6,19 @@ stage as a ``train`` message.
 """
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, Stage
+from privacy.secagg import (
+    CoordinatorMisbehaviourError,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    Stage,
+)
 from privacy.secagg.flower import (
+    count_aborts,
     from_replies,
     load_client,
     payload_to_recorddict,
@@ -18,8 +26,11 @@ from privacy.secagg.flower import (
     save_client,
     to_messages,
 )
+from privacy.secagg.identity import ephemeral_federation
 from simulations.in_process import InProcessGrid, serverapp_identity
 
+IDS = [11, 22, 33, 44, 55]
+SITES = ephemeral_federation(IDS)
 app = ClientApp()
 
 
@@ -30,7 +41,8 @@ def _update(context: Context) -> np.ndarray:
 
 @app.query("secagg_setup")
 def _setup(message: Message, context: Context) -> Message:
-    client, reply = SecAggClient.setup(recorddict_to_payload(message.content))
+    payload = recorddict_to_payload(message.content)
+    client, reply = SecAggClient.setup(payload, SITES[context.node_id])
     save_client(context.state, client)
     return Message(payload_to_recorddict(reply), reply_to=message)
 
@@ -45,6 +57,7 @@ def _stage(message: Message, context: Context) -> Message:
     return Message(payload_to_recorddict(reply), reply_to=message)
 
 
+app.query("secagg_reveal")(_stage)
 app.query("secagg_share_keys")(_stage)
 app.train("secagg_masked_input")(_stage)
 app.query("secagg_consistency")(_stage)
@@ -65,7 +78,7 @@ class CrashingInTraining(InProcessGrid):
 
 
 def test_a_round_through_flower_messages_and_context_state():
-    ids = [11, 22, 33, 44, 55]
+    ids = IDS
     grid = CrashingInTraining(app, {}, [{"seed": i} for i in range(len(ids))], ids)
     # One of 5 stated to drop (dropout fraction 0.2): degree 4, threshold 3 survive it.
     config = SecAggConfig(num_clients=len(ids), clip=1.0, max_weight=10, dropout_fraction=0.2)
@@ -82,3 +95,23 @@ def test_a_round_through_flower_messages_and_context_state():
     assert result.total_weight == 12
     expected = sum(3 * _update(grid.contexts[n]).astype(np.float64) for n in result.survivors)
     assert np.abs(result.weighted_sum - expected).max() <= config.step * 12
+
+
+def test_a_site_stops_after_max_aborts_rounds_aborted_after_its_reveal():
+    """Grinding by aborting: each round the coordinator aborts after the reveal is one more
+    try at a graph it likes; the site counts them in its node state and refuses at the limit.
+    (Mutation: the count never incremented -> this test fails.)"""
+    state = RecordDict()
+    assert count_aborts(state, limit=2) == 0  # first round: nothing before
+    revealed = SecAggServer(SecAggConfig(num_clients=5, clip=1.0), IDS, 4)
+    for aborts in (1, 2):
+        client = SecAggClient.setup(revealed.requests()[IDS[0]], SITES[IDS[0]])[0]
+        client.next_stage = Stage.SHARE_KEYS.value  # it revealed; key sharing never came
+        save_client(state, client)
+        if aborts == 1:
+            assert count_aborts(state, limit=2) == 1
+    with pytest.raises(CoordinatorMisbehaviourError, match="2 secure-aggregation rounds in a row"):
+        count_aborts(state, limit=2)
+    client.next_stage = Stage.UNMASK.value  # a round that drew its graph resets the count
+    save_client(state, client)
+    assert count_aborts(state, limit=2) == 0

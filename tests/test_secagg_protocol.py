@@ -66,7 +66,11 @@ def test_largest_possible_sum_does_not_wrap():
     assert run.result.total_weight == 5
 
 
-@pytest.mark.parametrize("stage", list(Stage))
+# A site missing at the reveal aborts the round (test_secagg_graph_seed): it is no dropout.
+SURVIVABLE = [s for s in Stage if s != Stage.REVEAL]
+
+
+@pytest.mark.parametrize("stage", SURVIVABLE)
 def test_one_dropout_at_each_stage(stage):
     n = 12
     config = SecAggConfig(num_clients=n, clip=1.0, max_weight=20, degree=6, threshold=4)
@@ -79,7 +83,7 @@ def test_one_dropout_at_each_stage(stage):
     _check_sum(run, updates, weights, config)
 
 
-@pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.parametrize("stage", SURVIVABLE)
 def test_thirty_percent_dropout_at_each_stage(stage):
     n = 20
     config = SecAggConfig(num_clients=n, clip=1.0, max_weight=20, degree=19, threshold=11)

@@ -96,13 +96,14 @@ def test_survivor_set_must_be_the_signed_one_with_threshold_signatures():
     forged = {c: dict(r, survivors=[*r[messages.SURVIVORS], 2]) for c, r in requests.items()}
     for answer in _answer(run, forged).values():
         assert "differs from the one I signed" in str(answer)
-    few = {}  # 3 neighbours' signatures and the client's own: t - 1 of the closed neighbourhood
-    for cid, request in requests.items():
-        few[cid] = dict(request)
-        few[cid][messages.SIGNER_IDS] = request[messages.SIGNER_IDS][:3]
-        few[cid][messages.SIGNATURES] = request[messages.SIGNATURES][:3]
+    few = {}  # 3 neighbours' certified signatures and the client's own: t - 1 of the closed
+    for cid, request in requests.items():  # neighbourhood
+        signatures = dict(
+            zip(request[messages.SIGNER_IDS][:3], request[messages.SIGNATURES][:3], strict=True)
+        )
+        few[cid] = {**request, **run.server.signers_payload(signatures)}
     for answer in _answer(run, few).values():
-        assert "only 4 valid signatures" in str(answer)
+        assert "only 4 certified signatures" in str(answer)
 
 
 def test_a_split_view_of_survivors_gets_no_shares_at_all():
@@ -125,14 +126,14 @@ def test_a_split_view_of_survivors_gets_no_shares_at_all():
             messages.STAGE: Stage.UNMASK.value,
             messages.ROUND: run.server.round_id,
             messages.SURVIVORS: view,
-            messages.SIGNER_IDS: list(signatures),  # every signature, of both views
-            messages.SIGNATURES: [r[messages.SIG] for r in signatures.values()],
+            # every signature, of both views
+            **run.server.signers_payload({c: r[messages.SIG] for c, r in signatures.items()}),
             messages.ALIVE: [p for p in peers if p in view],
             messages.DEAD: [p for p in peers if p not in view],
         }
     for answer in _answer(run, asks).values():
         assert isinstance(answer, CoordinatorMisbehaviourError)
-        assert "only 4 valid signatures" in str(answer)
+        assert "only 4 certified signatures" in str(answer)
 
 
 def _chi_square_p(values: np.ndarray) -> float:

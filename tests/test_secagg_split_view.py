@@ -118,8 +118,7 @@ def split_view_attack(config: SecAggConfig, colluders_needed_at_most: int):
             messages.STAGE: Stage.UNMASK.value,
             messages.ROUND: round_id,
             messages.SURVIVORS: view,
-            messages.SIGNER_IDS: list(signed),
-            messages.SIGNATURES: list(signed.values()),
+            **run.server.signers_payload(signed),
             messages.ALIVE: [p for p in peers if p in view],
             messages.DEAD: [p for p in peers if p not in view],
         }
@@ -202,10 +201,9 @@ def test_a_split_view_signed_below_threshold_is_still_refused_by_honest_clients(
         messages.STAGE: Stage.UNMASK.value,
         messages.ROUND: run.server.round_id,
         messages.SURVIVORS: view,
-        messages.SIGNER_IDS: [cid],
-        messages.SIGNATURES: [reply[messages.SIG]],
+        **run.server.signers_payload({cid: reply[messages.SIG]}),
         messages.ALIVE: [],
         messages.DEAD: [VICTIM],
     }
-    with pytest.raises(CoordinatorMisbehaviourError, match="valid signatures"):
+    with pytest.raises(CoordinatorMisbehaviourError, match="only 1 certified signatures"):
         client.handle(request)

@@ -3,22 +3,26 @@
 A Flower ClientApp process does not survive between messages, so the client is rebuilt from
 ``context.state`` for every stage (``SecAggClient.from_state``) and saved back
 (``to_state``). Every request of the coordinator is checked before anything secret leaves:
-the neighbourhood must match the public graph, peers' keys must carry valid signatures, the
+the neighbourhood must match the public graph, peers' round keys must be signed by a site the
+federation's CA certified (``identity``), each identity standing for one node id only, the
 survivors in the client's neighbourhood must be the ones it signed and that a threshold of its
-neighbourhood signed too, and no peer may ever be asked for both its self-mask share and its
-pairwise-key share. Past setup nothing a client receives or checks at the consistency and
-unmask stages grows with the number of clients: only its neighbours' entries (O(k)).
+certified neighbourhood signed too (under the committed set's digest), and no peer may ever be
+asked for both its self-mask share and its pairwise-key share. Past setup (the reveal and
+share-keys stages carry the O(n) committed set and reveals) nothing a client receives or checks
+at the consistency and unmask stages grows with the number of clients: only its neighbours'
+entries (O(k)).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from . import crypto, messages, shamir
+from . import crypto, identity, messages, shamir
 from .config import SecAggConfig
 from .errors import (
     AuthenticationError,
@@ -26,7 +30,8 @@ from .errors import (
     MalformedPayloadError,
     RoundFailedError,
 )
-from .graph import Ring, closed_neighbourhoods, graph_seed
+from .graph import Ring, closed_neighbourhoods, committed_digest, graph_seed, seed_commitment
+from .identity import SiteIdentity
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import quantize
@@ -55,10 +60,15 @@ class SecAggClient:
     sig_sk: bytes
     sig_pk: bytes
     b_seed: bytes
+    ca: bytes  # the federation's CA certificate (DER), from this site's own files
+    fingerprint: bytes  # this site's certified identity
+    g_seed: bytes  # this site's share of the graph seed, revealed once the set is committed
+    directory: bytes = b""  # digest of the committed set (graph.committed_digest)
     graph_peers: list[int] = field(default_factory=list)
-    segment: list[int] = field(default_factory=list)
-    participants: list[int] = field(default_factory=list)
-    sig_pks: list[bytes] = field(default_factory=list)
+    segment: list[int] = field(default_factory=list)  # my ring segment (Ring.segment)
+    participants: list[int] = field(default_factory=list)  # the committed set's node ids
+    participant_fps: list[bytes] = field(default_factory=list)  # and identities
+    participant_commits: list[bytes] = field(default_factory=list)  # and seed commitments
     peer_ids: list[int] = field(default_factory=list)
     peer_c_pk: list[bytes] = field(default_factory=list)
     peer_s_pk: list[bytes] = field(default_factory=list)
@@ -95,8 +105,12 @@ class SecAggClient:
 
     # ---------------------------------------------------------------- stages
     @classmethod
-    def setup(cls, payload: Payload) -> tuple[SecAggClient, Payload]:
-        """Start a round: check the config, draw fresh keys, reply with signed public keys."""
+    def setup(cls, payload: Payload, site: SiteIdentity) -> tuple[SecAggClient, Payload]:
+        """Start a round: check the config, draw fresh keys, reply with signed public keys.
+
+        The round signing key is signed with the site's long-term key and sent with its
+        certificate, so peers can tell it from one the coordinator made up.
+        """
         who = "coordinator (setup)"
         messages.check_stage(payload, Stage.SETUP, None, who)
         round_id = messages.get(payload, messages.ROUND, bytes, who)
@@ -111,9 +125,6 @@ class SecAggClient:
             raise MalformedPayloadError(
                 f"{who}: {len(sampled)} sampled clients exceed the configured maximum"
             )
-        # The graph is fixed here, before this client replies: nothing any client sends later
-        # can move it (no grinding by discarding replies).
-        ring = Ring(sampled, config.degree, graph_seed(round_id, sampled))
         c_sk, c_pk = crypto.x25519_keypair()
         s_sk, s_pk = crypto.x25519_keypair()
         sig_sk, sig_pk = crypto.ed25519_keypair()
@@ -128,17 +139,22 @@ class SecAggClient:
             sig_sk,
             sig_pk,
             b_seed,
-            graph_peers=ring.neighbours(client_id),
-            segment=ring.segment(client_id),
+            site.ca,
+            site.fingerprint,
+            crypto.random_seed(),
         )
         commit = client._b_commit()
+        client.next_stage = Stage.REVEAL.value
         reply = {
             messages.STAGE: Stage.SETUP.value,
             messages.ROUND: round_id,
             messages.C_PK: c_pk,
             messages.S_PK: s_pk,
             messages.SIG_PK: sig_pk,
+            messages.ID_CERT: site.cert,
+            messages.ID_SIG: site.sign(messages.identity_message(round_id, client_id, sig_pk)),
             messages.B_COMMIT: commit,
+            messages.SEED_COMMIT: seed_commitment(round_id, client_id, client.g_seed),
             messages.SIG: crypto.sign(
                 sig_sk, messages.bundle_message(round_id, client_id, c_pk, s_pk, commit)
             ),
@@ -150,6 +166,8 @@ class SecAggClient:
     ) -> Payload:
         """Answer any stage after setup; ``update`` and ``weight`` feed the masked-input stage."""
         stage = payload.get(messages.STAGE)
+        if stage == Stage.REVEAL:
+            return self.reveal(payload)
         if stage == Stage.SHARE_KEYS:
             return self.share_keys(payload)
         if stage == Stage.MASKED_INPUT:
@@ -162,49 +180,71 @@ class SecAggClient:
             return self.unmask(payload)
         raise MalformedPayloadError(f"coordinator: unknown or out-of-place stage {stage!r}")
 
-    def share_keys(self, payload: Payload) -> Payload:
-        """Check the neighbourhood and peers' keys, then send each neighbour encrypted shares."""
-        who = self._enter(payload, Stage.SHARE_KEYS)
-        participants = messages.get(payload, messages.PARTICIPANTS, list[int], who)
-        sig_pks = messages.get(payload, messages.SIG_PKS, list[bytes], who)
-        if len(set(participants)) != len(participants) or len(sig_pks) != len(participants):
-            raise MalformedPayloadError(f"{who}: participants and signing keys do not match")
-        if self.client_id not in participants:
-            self._refuse("the participant list leaves me out")
-        if len(participants) > self.config.num_clients:
-            self._refuse(f"{len(participants)} participants exceed the configured maximum")
-        if len(participants) <= self.config.threshold:
+    def reveal(self, payload: Payload) -> Payload:
+        """Check the committed set, keep its digest, and only then reveal my graph seed."""
+        who = self._enter(payload, Stage.REVEAL)
+        ids = messages.get(payload, messages.COMMITTED, list[int], who)
+        fps = messages.get(payload, messages.COMMITTED_FPS, list[bytes], who)
+        commits = messages.get(payload, messages.COMMITTED_SEEDS, list[bytes], who)
+        if not len(ids) == len(fps) == len(commits) or ids != sorted(set(ids)):
+            raise MalformedPayloadError(f"{who}: the committed set is not sorted, unique, aligned")
+        if len(set(fps)) != len(fps):
+            self._refuse("a certified site stands for more than one node id in the committed set")
+        mine = seed_commitment(self.round_id, self.client_id, self.g_seed)
+        entries = dict(zip(ids, zip(fps, commits, strict=True), strict=True))
+        if entries.get(self.client_id) != (self.fingerprint, mine):
+            self._refuse("the committed set leaves me out or misstates my identity or commitment")
+        if len(ids) > self.config.num_clients:
+            self._refuse(f"{len(ids)} committed sites exceed the configured maximum")
+        if len(ids) <= self.config.threshold:
             raise RoundFailedError(
-                f"{who}: {len(participants)} participants cannot reach threshold "
+                f"{who}: {len(ids)} committed sites cannot reach threshold "
                 f"{self.config.threshold} of shares"
             )
-        directory = dict(zip(participants, sig_pks, strict=True))
-        if directory[self.client_id] != self.sig_pk:
-            self._refuse("the coordinator replaced my signing key in the directory")
-        present = set(participants)
-        expected = [p for p in self.graph_peers if p in present]
-        if len(expected) < self.config.threshold:
-            raise RoundFailedError(
-                f"{who}: only {len(expected)} of my neighbours completed setup, fewer than the "
-                f"threshold {self.config.threshold}"
-            )
-        peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
-        if peer_ids != expected:
-            self._refuse("the neighbours sent are not my neighbours in the round's public graph")
-        peer_c_pk = messages.get(payload, messages.PEER_C_PK, list[bytes], who)
-        peer_s_pk = messages.get(payload, messages.PEER_S_PK, list[bytes], who)
-        commits = messages.get(payload, messages.PEER_B_COMMIT, list[bytes], who)
-        sigs = messages.get(payload, messages.PEER_SIG, list[bytes], who)
-        if not len(peer_ids) == len(peer_c_pk) == len(peer_s_pk) == len(commits) == len(sigs):
-            raise MalformedPayloadError(f"{who}: peer key lists differ in length")
-        for peer, c_pk, s_pk, commit, sig in zip(
-            peer_ids, peer_c_pk, peer_s_pk, commits, sigs, strict=True
+        self.participants, self.participant_fps, self.participant_commits = ids, fps, commits
+        self.directory = committed_digest(self.round_id, ids, fps, commits)
+        self.next_stage = Stage.SHARE_KEYS.value
+        return self._reply(Stage.REVEAL, {messages.SEED: self.g_seed})
+
+    def share_keys(self, payload: Payload) -> Payload:
+        """Check the reveals, draw the graph, check the neighbours' certified keys, then send
+        each neighbour encrypted shares."""
+        who = self._enter(payload, Stage.SHARE_KEYS)
+        reveals = messages.get(payload, messages.REVEALS, list[bytes], who)
+        if len(reveals) != len(self.participants):
+            raise RoundFailedError(f"{who}: a committed site did not reveal its graph seed")
+        for cid, commit, reveal in zip(
+            self.participants, self.participant_commits, reveals, strict=True
         ):
+            if seed_commitment(self.round_id, cid, reveal) != commit:
+                self._refuse(f"the graph seed revealed for client {cid} is not the committed one")
+        seed = graph_seed(self.directory, reveals)
+        ring = Ring(self.participants, self.config.degree, seed)
+        self.graph_peers = ring.neighbours(self.client_id)
+        self.segment = ring.segment(self.client_id)
+        peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
+        if peer_ids != self.graph_peers:
+            self._refuse("the neighbours sent are not my neighbours in the round's public graph")
+        keys = (
+            messages.PEER_C_PK,
+            messages.PEER_S_PK,
+            messages.PEER_B_COMMIT,
+            messages.PEER_SIG,
+            messages.PEER_SIG_PK,
+            messages.PEER_CERT,
+            messages.PEER_ID_SIG,
+        )
+        columns = [messages.get(payload, key, list[bytes], who) for key in keys]
+        if any(len(column) != len(peer_ids) for column in columns):
+            raise MalformedPayloadError(f"{who}: peer key lists differ in length")
+        for peer, c_pk, s_pk, commit, sig, sig_pk, cert, id_sig in zip(
+            peer_ids, *columns, strict=True
+        ):
+            self._certified(peer, sig_pk, cert, id_sig, who)
             signed = messages.bundle_message(self.round_id, peer, c_pk, s_pk, commit)
-            if not crypto.verify(directory[peer], sig, signed):
+            if not crypto.verify(sig_pk, sig, signed):
                 raise AuthenticationError(f"{who}: the public keys of client {peer} are not signed")
-        self.participants, self.sig_pks = list(participants), list(sig_pks)
-        self.peer_ids, self.peer_c_pk, self.peer_s_pk = peer_ids, peer_c_pk, peer_s_pk
+        self.peer_ids, self.peer_c_pk, self.peer_s_pk = peer_ids, columns[0], columns[1]
         points = [share_point(p) for p in peer_ids]
         b_shares = shamir.split(self.b_seed, points, self.config.threshold)
         sk_shares = shamir.split(self.s_sk, points, self.config.threshold)
@@ -280,6 +320,8 @@ class SecAggClient:
         view = self._local(survivors)
         if self.client_id not in view:
             self._refuse("the survivor set leaves me out although I sent my input")
+        if outsiders := [s for s in survivors if self._committed_at(s) is None]:
+            self._refuse(f"survivors {sorted(outsiders)} never took part in the round")
         # A neighbour that never completed setup never sent me shares either: caught here too.
         if ghosts := (set(view) & set(self.graph_peers)) - set(self.masked_with):
             self._refuse(f"neighbours {sorted(ghosts)} 'survived' without sending me shares")
@@ -297,7 +339,9 @@ class SecAggClient:
     def consistency_message(self, survivors: list[int]) -> bytes:
         """Return the bytes I sign for ``survivors``: who in my closed neighbourhood survived."""
         mine = closed_neighbourhoods(self.segment)[self.client_id]
-        return messages.survivors_message(self.round_id, self.client_id, mine, survivors)
+        return messages.survivors_message(
+            self.round_id, self.directory, self.client_id, mine, survivors
+        )
 
     def unmask(self, payload: Payload) -> Payload:
         """Reveal self-mask shares of survivors and pairwise-key shares of dropped peers."""
@@ -343,11 +387,15 @@ class SecAggClient:
         return sorted(set(survivors) & set(self.segment))
 
     def _check_signatures(self, payload: Payload, who: str) -> None:
-        """Refuse unless t of my closed neighbourhood (me included) signed what I signed.
+        """Refuse unless t certified sites of my closed neighbourhood (me included) signed what
+        I signed.
 
-        Each neighbour signs who survived in *its own* closed neighbourhood, and I check its
-        signature against my view of that neighbourhood (my ring segment covers it), so the
-        coordinator sends me only my neighbours' signatures: O(k) bytes and checks, not O(n).
+        Each neighbour signs who survived in *its own* closed neighbourhood, under the committed
+        set's digest, and I check its signature against my view of that neighbourhood (my ring
+        segment covers it), so the coordinator sends me only my neighbours' signatures: O(k)
+        bytes and checks, not O(n). Each signer comes with its round key, certificate and
+        long-term signature of that key: a signature counts only if it chains to the CA under
+        the identity committed for the signer's node id (so each certified site counts once).
 
         Why this is still sound: at unmasking I reveal shares of my neighbours' secrets only,
         one kind per neighbour, fixed by the view I signed. The attack to stop is a split view
@@ -362,26 +410,54 @@ class SecAggClient:
         neighbours' shares and know nothing of their status: it bound nothing more.
         """
         signer_ids = messages.get(payload, messages.SIGNER_IDS, list[int], who)
-        signatures = messages.get(payload, messages.SIGNATURES, list[bytes], who)
-        directory = dict(zip(self.participants, self.sig_pks, strict=True))
+        keys = (
+            messages.SIGNATURES,
+            messages.SIGNER_SIG_PKS,
+            messages.SIGNER_CERTS,
+            messages.SIGNER_ID_SIGS,
+        )
+        columns = [messages.get(payload, key, list[bytes], who) for key in keys]
+        if any(len(column) != len(signer_ids) for column in columns):
+            raise MalformedPayloadError(f"{who}: signer lists differ in length")
         closed = closed_neighbourhoods(self.segment)
-        valid = {
-            signer
-            for signer, sig in zip(signer_ids, signatures, strict=False)
-            if signer in self.survivors
-            and signer in self.graph_peers
-            and crypto.verify(
-                directory[signer],
-                sig,
-                messages.survivors_message(self.round_id, signer, closed[signer], self.survivors),
+        certified: set[int] = set()
+        for signer, sig, sig_pk, cert, id_sig in zip(signer_ids, *columns, strict=True):
+            if signer not in self.survivors or signer not in self.graph_peers:
+                continue
+            signed = messages.survivors_message(
+                self.round_id, self.directory, signer, closed[signer], self.survivors
             )
-        }
-        count = len(valid) + 1  # and my own signature of this view
+            if not crypto.verify(sig_pk, sig, signed):
+                continue
+            try:
+                self._certified(signer, sig_pk, cert, id_sig, who)
+            except (AuthenticationError, CoordinatorMisbehaviourError) as err:
+                logger.warning("secagg client %s ignores a signature: %s", self.client_id, err)
+                continue
+            certified.add(signer)
+        count = len(certified) + 1  # and my own signature of this view
         if count < self.config.threshold:
             self._refuse(
-                f"only {count} valid signatures of the survivor set in my neighbourhood "
+                f"only {count} certified signatures of the survivor set in my neighbourhood "
                 f"(mine included), threshold is {self.config.threshold}"
             )
+
+    def _certified(self, peer: int, sig_pk: bytes, cert: bytes, id_sig: bytes, who: str) -> None:
+        """Check ``peer``'s round key is vouched for by the CA-certified site committed for it.
+
+        The committed set lists each identity once (``reveal``), so one colluding site's key
+        cannot stand for several node ids.
+        """
+        message = messages.identity_message(self.round_id, peer, sig_pk)
+        site = identity.verify(self.ca, cert, id_sig, message, f"{who}: client {peer}")
+        at = self._committed_at(peer)
+        if at is None or site.fingerprint != self.participant_fps[at]:
+            self._refuse(f"client {peer}'s certificate is not the identity committed for it")
+
+    def _committed_at(self, peer: int) -> int | None:
+        """Return ``peer``'s index in the committed set (its ids are sorted), or None."""
+        at = bisect.bisect_left(self.participants, peer)
+        return at if at < len(self.participants) and self.participants[at] == peer else None
 
     def _reply(self, stage: Stage, body: Payload) -> Payload:
         return {messages.STAGE: stage.value, messages.ROUND: self.round_id, **body}

@@ -24,6 +24,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from fedvlm.contract.secagg_keys import (
     CONSISTENCY_MESSAGE,
     MASKED_INPUT_MESSAGE,
+    REVEAL_MESSAGE,
+    SECAGG_ABORTS,
     SECAGG_ARRAYS,
     SECAGG_CONFIG,
     SECAGG_STATE,
@@ -34,11 +36,12 @@ from fedvlm.contract.secagg_keys import (
 )
 
 from .client import SecAggClient
-from .errors import MalformedPayloadError
+from .errors import CoordinatorMisbehaviourError, MalformedPayloadError
 from .messages import Payload, Stage
 
 MESSAGE_TYPES = {
     Stage.SETUP: SETUP_MESSAGE,
+    Stage.REVEAL: REVEAL_MESSAGE,
     Stage.SHARE_KEYS: SHARE_KEYS_MESSAGE,
     Stage.MASKED_INPUT: MASKED_INPUT_MESSAGE,
     Stage.CONSISTENCY: CONSISTENCY_MESSAGE,
@@ -118,3 +121,30 @@ def load_client(state: RecordDict) -> SecAggClient:
     if SECAGG_STATE not in state:
         raise MalformedPayloadError("no secure-aggregation state on this node: setup never ran")
     return SecAggClient.from_state(dict(state.config_records[SECAGG_STATE]))
+
+
+def count_aborts(state: RecordDict, limit: int) -> int:
+    """Count the rounds in a row that aborted after this site revealed its graph seed.
+
+    Called before each setup: a previous round still waiting for its key-sharing stage
+    revealed a seed and never drew the graph (the coordinator withheld a reveal, or aborted
+    it otherwise); one that got further resets the count. Each such abort is one more try
+    at a graph the coordinator likes, so the site stops after ``limit`` of them.
+
+    Raises
+    ------
+    CoordinatorMisbehaviourError
+        When ``limit`` rounds in a row aborted after the reveal (``secagg-max-aborts``).
+    """
+    aborted = int(state.config_records[SECAGG_ABORTS]["count"]) if SECAGG_ABORTS in state else 0
+    if SECAGG_STATE in state:
+        previous = state.config_records[SECAGG_STATE].get("next_stage")
+        aborted = aborted + 1 if previous == Stage.SHARE_KEYS.value else 0
+    state[SECAGG_ABORTS] = ConfigRecord({"count": aborted})
+    if aborted >= limit:
+        raise CoordinatorMisbehaviourError(
+            f"{aborted} secure-aggregation rounds in a row aborted after this site revealed "
+            f"its graph seed (secagg-max-aborts = {limit}): refusing a coordinator that may be "
+            "re-drawing the graph"
+        )
+    return aborted

@@ -1,27 +1,61 @@
-"""The k-regular communication graph of SecAgg+.
+"""The k-regular communication graph of SecAgg+, drawn from a seed the coordinator cannot steer.
 
 Each client shares secrets with, and masks against, only its neighbours. The graph is a ring-shaped
-Harary graph over a pseudo-random order of the clients that completed setup: the order comes from
-hashing a public seed with each client id, so every client recomputes its own neighbourhood and
-can tell when the coordinator hands it the wrong peers. The graph is drawn over every *sampled*
-client and the seed hashes only the round id and the sorted sampled ids, which the coordinator
-sends with the setup request: it is fixed before any reply comes back, so the coordinator cannot
-re-draw it by discarding replies (grinding); clients that drop out are missing vertices.
-What this does not stop: a coordinator that picks the round id itself can still try many round
-ids offline before sending setup.
+Harary graph over a pseudo-random order of the clients: the order comes from hashing a public
+seed with each client id, so every client recomputes its own neighbourhood and can tell when
+the coordinator hands it the wrong peers.
+
+Whoever can predict the seed before fixing the round can grind it: try round ids or sets of
+replies offline until colluders land next to a victim. So the seed is drawn by the sites,
+commit-then-reveal:
+
+1. setup: each site draws a fresh 32-byte seed and sends only ``seed_commitment`` of it;
+2. reveal: the coordinator sends every site the *committed set*: node ids, certified identity
+   fingerprints and commitments of the sites it keeps. A site checks it is in it, that no id
+   or identity repeats, keeps its digest (``committed_digest``), and only then reveals;
+3. share keys: the coordinator sends all reveals. Each site checks every reveal against its
+   commitment and computes ``graph_seed(digest, reveals)``.
+
+The committed set is fixed before the coordinator learns any reveal, and a commitment hides
+its seed, so no choice the coordinator can make moves the graph to a place it can predict:
+the seed is uniform as long as one honest site's reveal is in it, which every site's own is.
+A committed site that does not reveal aborts the round (the coordinator could otherwise drop
+reveals until it liked the graph): the abort goes to the ledger, and a site refuses to take part
+after ``secagg-max-aborts`` consecutive rounds aborted after it revealed, so grinding by
+aborting gets at most that many tries, all on record. Sites that drop after the reveal are
+missing vertices. The digest goes into the survivor set each site signs
+(``messages.survivors_message``): t certified signatures vouch that their signers saw the same
+committed set, hence the same identities and the same graph.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from .messages import id_bytes
 
-def graph_seed(round_id: bytes, sampled: list[int]) -> bytes:
-    """Return the public seed of the graph: a hash of the round and the sorted sampled ids."""
-    digest = hashlib.sha256(b"secagg-graph" + round_id)
-    for client_id in sorted(sampled):
-        digest.update(client_id.to_bytes(8, "little"))
+
+def seed_commitment(round_id: bytes, client_id: int, seed: bytes) -> bytes:
+    """Return the hiding, binding commitment a site sends of its graph seed."""
+    return hashlib.sha256(b"secagg-graph-commit" + round_id + id_bytes(client_id) + seed).digest()
+
+
+def committed_digest(
+    round_id: bytes, ids: list[int], fingerprints: list[bytes], commitments: list[bytes]
+) -> bytes:
+    """Return the digest of the committed set (in the order sent, which is sorted by id)."""
+    digest = hashlib.sha256(b"secagg-committed" + round_id)
+    for client_id, fingerprint, commitment in zip(ids, fingerprints, commitments, strict=True):
+        digest.update(id_bytes(client_id) + fingerprint + commitment)
     return digest.digest()
+
+
+def graph_seed(digest: bytes, reveals: list[bytes]) -> bytes:
+    """Return the graph's seed: a hash of the committed set's digest and every reveal."""
+    hasher = hashlib.sha256(b"secagg-graph" + digest)
+    for reveal in reveals:
+        hasher.update(reveal)
+    return hasher.digest()
 
 
 class Ring:

@@ -8,13 +8,14 @@ state at every stage (as a Flower ClientApp must), and silences the clients list
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .client import SecAggClient
 from .config import SecAggConfig
+from .identity import SiteIdentity, ephemeral_federation
 from .messages import Payload, Stage, payload_nbytes
 from .server import SecAggResult, SecAggServer
 
@@ -43,6 +44,7 @@ def run_protocol_in_memory(
     server_cls: type[SecAggServer] = SecAggServer,
     keep_transcript: bool = False,
     stop_before: Stage | None = None,
+    identities: Mapping[int, SiteIdentity] | None = None,
 ) -> InMemoryRun:
     """Aggregate ``updates`` securely and return the coordinator's result.
 
@@ -65,9 +67,12 @@ def run_protocol_in_memory(
     stop_before : Stage, optional
         Stop when this stage is due, leaving ``result`` None and the clients' saved states in
         ``states`` (tests then play a lying coordinator by hand).
+    identities : mapping, optional
+        Client id -> its certified identity; by default one per client under a fresh CA.
     """
     ids = list(client_ids) if client_ids is not None else list(range(len(updates)))
     by_id = dict(zip(ids, updates, strict=True))
+    sites = identities if identities is not None else ephemeral_federation(ids)
     weight_of = dict(zip(ids, weights if weights is not None else [1] * len(ids), strict=True))
     silent: set[int] = set()
     drops = {Stage(k): set(v) for k, v in (drop_at or {}).items()}
@@ -87,7 +92,7 @@ def run_protocol_in_memory(
                 continue
             start = time.perf_counter()
             if stage == Stage.SETUP:
-                client, reply = SecAggClient.setup(request)
+                client, reply = SecAggClient.setup(request, sites[cid])
             else:
                 client = SecAggClient.from_state(states[cid])
                 reply = client.handle(request, by_id[cid], int(weight_of[cid]))

@@ -22,24 +22,37 @@ from fedvlm.contract.secagg_keys import (  # noqa: F401  (re-exported)
     C_PK,
     CIPHERTEXTS,
     CLIENT_ID,
+    COMMITTED,
+    COMMITTED_FPS,
+    COMMITTED_SEEDS,
     DEAD,
     DST_IDS,
+    ID_CERT,
+    ID_SIG,
     LENGTH,
     MASKED,
     PARTICIPANTS,
     PEER_B_COMMIT,
     PEER_C_PK,
+    PEER_CERT,
+    PEER_ID_SIG,
     PEER_IDS,
     PEER_S_PK,
     PEER_SIG,
+    PEER_SIG_PK,
+    REVEALS,
     ROUND,
     S_PK,
     SAMPLED,
+    SEED,
+    SEED_COMMIT,
     SIG,
     SIG_PK,
-    SIG_PKS,
     SIGNATURES,
+    SIGNER_CERTS,
+    SIGNER_ID_SIGS,
     SIGNER_IDS,
+    SIGNER_SIG_PKS,
     SK_SHARES,
     SRC_IDS,
     STAGE,
@@ -52,9 +65,13 @@ Payload = dict[str, Any]
 
 
 class Stage(StrEnum):
-    """Protocol stages in order (Bonawitz et al. 2017 rounds 0-4, SecAgg+ graph)."""
+    """Protocol stages in order (Bonawitz et al. 2017 rounds 0-4, SecAgg+ graph).
 
-    SETUP = "setup"  # coordinator -> config; client -> signed public keys
+    ``REVEAL`` is fedvlm's: the commit-then-reveal of the graph seed (``graph``).
+    """
+
+    SETUP = "setup"  # coordinator -> config; client -> signed public keys, graph-seed commit
+    REVEAL = "reveal"  # coordinator -> the committed set; client -> its graph seed
     SHARE_KEYS = "share_keys"  # coordinator -> neighbours' keys; client -> encrypted shares
     MASKED_INPUT = "masked_input"  # coordinator -> shares for me; client -> masked vector
     CONSISTENCY = "consistency"  # coordinator -> survivor set; client -> signature of it
@@ -78,12 +95,19 @@ def bundle_message(
     return _DOMAIN + b"keys/" + round_id + id_bytes(client_id) + c_pk + s_pk + commit
 
 
+def identity_message(round_id: bytes, client_id: int, sig_pk: bytes) -> bytes:
+    """Return the bytes a site signs with its long-term key to vouch for its round key."""
+    return _DOMAIN + b"identity/" + round_id + id_bytes(client_id) + sig_pk
+
+
 def survivors_message(
-    round_id: bytes, signer: int, neighbourhood: list[int], survivors: list[int]
+    round_id: bytes, directory: bytes, signer: int, neighbourhood: list[int], survivors: list[int]
 ) -> bytes:
     """Return the bytes ``signer`` signs in the consistency check: who in its closed
-    neighbourhood survived.
+    neighbourhood survived, under the committed set it saw.
 
+    ``directory`` is the digest of the committed set (``graph.committed_digest``): a
+    signature vouches that its signer saw the same sites, identities and graph seed too.
     The whole neighbourhood is in the message, not only its survivors, so a client that was
     shown another graph (or another signer's neighbourhood) cannot match the signature.
     """
@@ -92,6 +116,7 @@ def survivors_message(
         _DOMAIN
         + b"neighbourhood-survivors/"
         + round_id
+        + directory
         + id_bytes(signer, len(neighbourhood), *sorted(neighbourhood))
         + id_bytes(*alive)
     )

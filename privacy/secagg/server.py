@@ -29,7 +29,8 @@ from . import crypto, messages, shamir
 from .client import ROUND_ID_BYTES, share_point
 from .config import KEYS, SecAggConfig
 from .errors import AuthenticationError, MalformedPayloadError, RoundFailedError, SecAggError
-from .graph import Ring, graph_seed
+from .graph import Ring, committed_digest, graph_seed, seed_commitment
+from .identity import fingerprint_of
 from .masking import commit_self_mask, pair_mask_key, self_mask_key
 from .messages import Payload, Stage
 from .quantize import dequantize
@@ -84,6 +85,9 @@ class _Bundle:
     sig_pk: bytes
     commit: bytes
     sig: bytes
+    cert: bytes  # the site's certificate and its long-term signature of ``sig_pk``:
+    id_sig: bytes  # relayed to its peers, who check them against their own CA
+    seed_commit: bytes  # commitment to its share of the graph seed
 
 
 class SecAggServer:
@@ -125,9 +129,12 @@ class SecAggServer:
         self.stage: Stage | None = Stage.SETUP
         self.active = ids
         self.sampled = list(ids)
-        # Fixed now, before any reply: dropped clients are later just missing vertices.
-        self._ring = Ring(ids, config.degree, graph_seed(self.round_id, ids))
-        self._full_graph = {c: self._ring.neighbours(c) for c in ids}
+        self._directory = b""  # digest of the committed set, once fixed
+        self._committed: Payload = {}  # the committed set, as sent at the reveal stage
+        self._reveals: dict[int, bytes] = {}
+        # Drawn once every committed site revealed: dropped clients are later missing vertices.
+        self._ring: Ring | None = None
+        self._full_graph: dict[int, list[int]] = {}
         self.dropped: dict[str, list[int]] = {s.value: [] for s in Stage}
         self.rejected: dict[int, str] = {}
         self.unmask_errors: list[str] = []
@@ -156,6 +163,7 @@ class SecAggServer:
             return {}
         build = {
             Stage.SETUP: self._setup_request,
+            Stage.REVEAL: self._reveal_request,
             Stage.SHARE_KEYS: self._share_keys_request,
             Stage.MASKED_INPUT: self._masked_input_request,
             Stage.CONSISTENCY: self._consistency_request,
@@ -167,16 +175,23 @@ class SecAggServer:
     def _setup_request(self, cid: int) -> Payload:
         return {messages.CLIENT_ID: cid, messages.SAMPLED: self.sampled, **self.config.to_dict()}
 
+    def _reveal_request(self, cid: int) -> Payload:
+        return dict(self._committed)
+
     def _share_keys_request(self, cid: int) -> Payload:
+        # Only the neighbours' entries: each carries a certificate and two signatures.
         peers = self._graph[cid]
+        bundles = [self._bundles[p] for p in peers]
         return {
-            messages.PARTICIPANTS: self.active,
-            messages.SIG_PKS: [self._bundles[c].sig_pk for c in self.active],
+            messages.REVEALS: [self._reveals[c] for c in self.active],
             messages.PEER_IDS: peers,
-            messages.PEER_C_PK: [self._bundles[p].c_pk for p in peers],
-            messages.PEER_S_PK: [self._bundles[p].s_pk for p in peers],
-            messages.PEER_B_COMMIT: [self._bundles[p].commit for p in peers],
-            messages.PEER_SIG: [self._bundles[p].sig for p in peers],
+            messages.PEER_C_PK: [b.c_pk for b in bundles],
+            messages.PEER_S_PK: [b.s_pk for b in bundles],
+            messages.PEER_B_COMMIT: [b.commit for b in bundles],
+            messages.PEER_SIG: [b.sig for b in bundles],
+            messages.PEER_SIG_PK: [b.sig_pk for b in bundles],
+            messages.PEER_CERT: [b.cert for b in bundles],
+            messages.PEER_ID_SIG: [b.id_sig for b in bundles],
         }
 
     def _masked_input_request(self, cid: int) -> Payload:
@@ -190,6 +205,7 @@ class SecAggServer:
 
     def _local_survivors(self, cid: int) -> list[int]:
         """The survivors a client checks and signs: those in its ring segment (O(k))."""
+        assert self._ring is not None
         return sorted(set(self._ring.segment(cid)) & self._survivor_set)
 
     def _closed_neighbourhood(self, cid: int) -> list[int]:
@@ -203,13 +219,28 @@ class SecAggServer:
         alive = [p for p in held if p in self._survivor_set]
         dead = [p for p in held if p not in self._survivor_set]
         self._requested[cid] = (alive, dead)
-        signers = [p for p in self._full_graph[cid] if p in self._signatures]
+        local = {s: self._signatures[s] for s in self._full_graph[cid] if s in self._signatures}
         return {
             messages.SURVIVORS: self._local_survivors(cid),
-            messages.SIGNER_IDS: signers,
-            messages.SIGNATURES: [self._signatures[s] for s in signers],
+            **self.signers_payload(local),
             messages.ALIVE: alive,
             messages.DEAD: dead,
+        }
+
+    def signers_payload(self, signatures: dict[int, bytes]) -> Payload:
+        """Return the survivor-set signatures with what certifies each signer's round key.
+
+        A site counts a signature only with the signer's round key, certificate and
+        long-term signature of that key (``SecAggClient._check_signatures``).
+        """
+        signers = sorted(signatures)
+        bundles = [self._bundles[s] for s in signers]
+        return {
+            messages.SIGNER_IDS: signers,
+            messages.SIGNATURES: [signatures[s] for s in signers],
+            messages.SIGNER_SIG_PKS: [b.sig_pk for b in bundles],
+            messages.SIGNER_CERTS: [b.cert for b in bundles],
+            messages.SIGNER_ID_SIGS: [b.id_sig for b in bundles],
         }
 
     # --------------------------------------------------------------- replies
@@ -223,6 +254,7 @@ class SecAggServer:
         stage = self.stage
         check = {
             Stage.SETUP: self._check_setup,
+            Stage.REVEAL: self._check_reveal,
             Stage.SHARE_KEYS: self._check_share_keys,
             Stage.MASKED_INPUT: self._check_masked_input,
             Stage.CONSISTENCY: self._check_consistency,
@@ -247,6 +279,7 @@ class SecAggServer:
         self.active = kept
         advance = {
             Stage.SETUP: self._after_setup,
+            Stage.REVEAL: self._after_reveal,
             Stage.SHARE_KEYS: self._after_share_keys,
             Stage.MASKED_INPUT: self._after_masked_input,
             Stage.CONSISTENCY: self._after_consistency,
@@ -255,19 +288,61 @@ class SecAggServer:
         advance()
 
     def _check_setup(self, cid: int, reply: Payload, who: str) -> None:
-        keys = (messages.C_PK, messages.S_PK, messages.SIG_PK, messages.B_COMMIT, messages.SIG)
+        keys = (
+            messages.C_PK,
+            messages.S_PK,
+            messages.SIG_PK,
+            messages.B_COMMIT,
+            messages.SIG,
+            messages.ID_CERT,
+            messages.ID_SIG,
+            messages.SEED_COMMIT,
+        )
         bundle = _Bundle(*(messages.get(reply, k, bytes, who) for k in keys))
         signed = messages.bundle_message(
             self.round_id, cid, bundle.c_pk, bundle.s_pk, bundle.commit
         )
         if not crypto.verify(bundle.sig_pk, bundle.sig, signed):
             raise AuthenticationError(f"{who}: key bundle signature does not verify")
+        fingerprint_of(bundle.cert)  # a malformed certificate drops its sender here
         self._bundles[cid] = bundle
 
     def _after_setup(self) -> None:
         self._require(len(self.active) > self.config.threshold, "completed setup")
-        alive = set(self.active)
-        self._graph = {c: [p for p in self._full_graph[c] if p in alive] for c in self.active}
+        bundles = [self._bundles[c] for c in self.active]
+        fps = [fingerprint_of(b.cert) for b in bundles]
+        commits = [b.seed_commit for b in bundles]
+        self._directory = committed_digest(self.round_id, self.active, fps, commits)
+        self._committed = {
+            messages.COMMITTED: list(self.active),
+            messages.COMMITTED_FPS: fps,
+            messages.COMMITTED_SEEDS: commits,
+        }
+        self.stage = Stage.REVEAL
+
+    def _check_reveal(self, cid: int, reply: Payload, who: str) -> None:
+        seed = messages.get(reply, messages.SEED, bytes, who)
+        if seed_commitment(self.round_id, cid, seed) != self._bundles[cid].seed_commit:
+            raise AuthenticationError(f"{who}: the graph seed revealed is not the committed one")
+        self._reveals[cid] = seed
+
+    def _after_reveal(self) -> None:
+        """Draw the graph from every committed site's seed, or abort the round.
+
+        Going on without a missing reveal would let a coordinator drop reveals until it
+        liked the graph; the abort reaches the ledger through RoundFailedError.
+        """
+        if missing := sorted(set(self._committed[messages.COMMITTED]) - set(self.active)):
+            self.stage = None
+            raise RoundFailedError(
+                f"committed sites {missing} did not reveal their graph seed: the round is "
+                "aborted, since the graph may not be drawn without them (sites refuse after "
+                "secagg-max-aborts such rounds in a row)"
+            )
+        seed = graph_seed(self._directory, [self._reveals[c] for c in self.active])
+        self._ring = Ring(self.active, self.config.degree, seed)
+        self._full_graph = {c: self._ring.neighbours(c) for c in self.active}
+        self._graph = dict(self._full_graph)
         self.stage = Stage.SHARE_KEYS
 
     def _check_share_keys(self, cid: int, reply: Payload, who: str) -> None:
@@ -305,7 +380,7 @@ class SecAggServer:
     def _check_consistency(self, cid: int, reply: Payload, who: str) -> None:
         sig = messages.get(reply, messages.SIG, bytes, who)
         signed = messages.survivors_message(
-            self.round_id, cid, self._closed_neighbourhood(cid), self._survivors
+            self.round_id, self._directory, cid, self._closed_neighbourhood(cid), self._survivors
         )
         if not crypto.verify(self._bundles[cid].sig_pk, sig, signed):
             raise AuthenticationError(f"{who}: signature of the survivor set does not verify")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedvlm.errors import ConfigError
-from fedvlm.settings_registry import setting
+from fedvlm.settings_registry import Scope, setting
 
 from .config import KEYS, SecAggConfig
 from .errors import CoordinatorMisbehaviourError, MalformedPayloadError
@@ -104,6 +104,17 @@ DROPOUT_FRACTION = setting(
     "δ: share of sites that may drop out mid-round.",
     check=_fraction,
     expect="in [0, 1)",
+)
+MAX_ABORTS = setting(
+    "secagg-max-aborts",
+    int,
+    3,
+    "A site refuses secure aggregation after this many rounds in a row aborted after it "
+    "revealed its graph seed: bounds how often a coordinator can re-draw the graph by "
+    "aborting. A site's node config overrides the run's.",
+    scope=Scope.BOTH,
+    check=lambda v: v >= 1,
+    expect=">= 1",
 )
 SIGMA = setting(
     KEYS["sigma"],

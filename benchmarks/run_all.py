@@ -251,8 +251,9 @@ def secure_aggregation_scale(sizes: Sizes, log: Path) -> list[Figure]:
         f"bench_secagg_scale.py {' '.join(sizes.secagg_scale_args)}: protocol alone, "
         f"{rows[0]['params']:,} parameters, degree and threshold derived from the default threat "
         "model, no dropouts; per client = median over representative clients driven through the "
-        "five stages by SecAggClient against an n-client round (sampled list and key directory "
-        "of n; survivors and signatures of its neighbourhood), handler seconds summed and "
+        "six stages by SecAggClient against an n-client round (sampled list, committed set and "
+        "graph-seed reveals of n; survivors and certified signatures of its neighbourhood), "
+        "handler seconds summed and "
         "payload bytes; unmask = rebuilding n "
         "self-mask seeds from t shares and removing n self-masks"
     )

@@ -1,5 +1,5 @@
 """Secure aggregation with client-level DP through Flower's simulation engine (SuperLink + Ray):
-the five stages as real messages between a ServerApp and ClientApps, the sites' secrets in
+the six stages as real messages between a ServerApp and ClientApps, the sites' secrets in
 `context.state`, clipping before masking and noise on the unmasked sum."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The coordinator side of SecAgg+: a transport-free state machine over the five stages.
+"""The coordinator side of SecAgg+: a transport-free state machine over the six stages.
 
 Usage, whatever carries the messages::
 

@@ -4,9 +4,10 @@ Where a federated run on real images stays at chance, this says which part is at
 machine in about a minute (plus the fine-tuning steps asked for):
 
 1. linear probes (logistic regression) on the frozen vision tower's patch features of every
-   layer, mean-pooled and flattened, and on the projector's output: if the flattened features
-   separate the digits but the pooled ones do not, the information is there but spread over
-   the patches, and the language model has to learn to gather it;
+   layer, mean-pooled and flattened, on its class token, and on the projector's output over
+   the image tokens the language model is given: if the flattened features separate the digits
+   but the pooled ones do not, the information is there but spread over the patches, and the
+   language model has to learn to gather it;
 2. the same LoRA the federation trains (``--lora-vision`` adds the vision tower), trained on the
    pooled site images in one process (an upper bound for the federated run with as many steps),
    its held-out accuracy printed every ``--chunk`` steps.
@@ -40,15 +41,20 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: np.ndarray, 
 
 @torch.no_grad()
 def feature_sets(model, processor, images) -> dict[str, np.ndarray]:
-    """Each vision layer's patch features (mean-pooled, flattened) and the projector's output."""
+    """Each vision layer's patch features (mean-pooled, flattened) and class token, and the
+    projector's output over the image tokens the language model is given."""
     pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     out = model.model.vision_tower(pixels, output_hidden_states=True)
     sets = {"raw pixels (model input)": pixels.flatten(1).numpy()}
     for layer, hidden in enumerate(out.hidden_states):
-        patches = hidden[:, 1:]  # the class token is dropped by the "default" select strategy
+        patches = hidden[:, 1:]
         sets[f"vision layer {layer}, mean-pooled"] = patches.mean(1).numpy()
         sets[f"vision layer {layer}, flattened"] = patches.flatten(1).numpy()
-    projected = model.model.multi_modal_projector(out.hidden_states[-1][:, 1:])
+        sets[f"vision layer {layer}, class token"] = hidden[:, 0].numpy()
+    last = out.hidden_states[-1]
+    if getattr(processor, "vision_feature_select_strategy", "default") == "default":
+        last = last[:, 1:]  # this strategy drops the class token before the projector
+    projected = model.model.multi_modal_projector(last)
     sets["projector, mean-pooled"] = projected.mean(1).numpy()
     sets["projector, flattened"] = projected.flatten(1).numpy()
     return sets

@@ -118,7 +118,10 @@ def test_ffa_lora_site_keeps_a_frozen_and_sends_only_b_and_the_projector(
     lora_sent = sum(v.nbytes for k, v in update.items() if factor_of(k))
     lora_all = sum(t.numel() * 4 for k, t in global_adapter.items() if factor_of(k))
     assert 0.4 < lora_sent / lora_all < 0.6
-    assert sent < 0.7 * plain.content[contract.METRICS][contract.BYTES_UP]
+    # Exactly the A factors are saved (a fixed share such as "< 0.7 of plain" depended on how
+    # large the embedded base's projector is relative to its LoRA factors).
+    a_bytes = adapter_nbytes({k: global_adapter[k] for k in a_names})
+    assert sent == plain.content[contract.METRICS][contract.BYTES_UP] - a_bytes
     # The cached model is shared by later rounds: A must be trainable again after the round.
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_A" in n)
 

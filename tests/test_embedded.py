@@ -1,11 +1,12 @@
 """The embedded model's build script and the committed folder it produced."""
 
 import math
+import random
 
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from fedvlm.embedded import EMBEDDED_MODEL_DIR
+from fedvlm.embedded import EMBEDDED_MODEL_DIR, figures
 from fedvlm.embedded.build import main as build_main
 from fedvlm.embedded.build import sincos_positions
 from fedvlm.embedded.shapes import NUMBERS, RADIOGRAPH_TEXT, make_examples, vocabulary_text
@@ -54,3 +55,14 @@ def test_captions_state_the_count_and_each_objects_size_shape_and_side():
         count, *words = example.answer.split()
         assert len(words) == 3 * NUMBERS.index(count)
         assert set(words[0::3]) <= {"small", "large"} and set(words[2::3]) <= {"left", "right"}
+
+
+def test_figure_and_dot_questions_answer_with_single_known_tokens():
+    _, processor = load_base("embedded")
+    rng = random.Random(0)
+    for kind, answers in (("figure", set(figures.FIGURES)), ("dots", set(figures.NUMERALS))):
+        for _ in range(20):
+            example = figures.make_example(rng, kind)
+            assert example.answer in answers and example.image.size == (64, 64)
+            ids = processor.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1, example.answer  # a class word the LM can re-map

@@ -1,10 +1,16 @@
 """Build, pretrain and save the embedded tiny LLaVA (``python -m fedvlm.embedded.build``).
 
-Why pretrain: LoRA on a random base barely learns, so the base is trained in full for a few
-thousand steps on generic grey-scene VQA (``shapes.py``: presence, side, count, size and shape of
-objects among clutter, plus captions that state them all). The result is saved with
-``save_pretrained`` and loads through ``AutoModelForImageTextToText`` / ``AutoProcessor``, the
-same path a hub model takes. Seeded and single-threaded, so a rebuild gives the same model.
+Why pretrain: LoRA on a random base barely learns, so the base is trained in full for 6,000 steps
+on generic synthetic VQA: grey scenes (``shapes.py``: presence, side, count, size and shape of
+small objects among clutter, plus captions that state them all) and whole-image figures
+(``figures.py``: which of 16 stroke figures, how many dots), so that it reads both small objects
+and a shape spread over the whole image. The result is saved with ``save_pretrained`` and loads
+through ``AutoModelForImageTextToText`` / ``AutoProcessor``, the same path a hub model takes.
+Seeded and single-threaded, so a rebuild gives the same model; about 8 minutes on one core.
+
+Why a peak learning rate of 3e-4: at 3e-3 (and at 1e-3) this tiny transformer, trained from
+scratch, stalls on a plateau where it learns each question's answer prior and never the image
+(16-way figure accuracy stays at chance for 600 steps); at 3e-4 the same run reaches 0.76.
 """
 
 import argparse
@@ -29,8 +35,8 @@ from fedvlm.embedded import EMBEDDED_MODEL_DIR
 from fedvlm.embedded.shapes import IMAGE_SIZE, make_examples, vocabulary_text
 from fedvlm.training import evaluate, train_local
 
-PATCH_SIZE = 8  # 64 px / 8 = 8 x 8 = 64 image tokens; 16 px patches lose small objects
-PEAK_LR = 3e-3
+PATCH_SIZE = 16  # 64 px / 16 = 4 x 4 patch tokens, plus CLIP's class token (see build_model)
+PEAK_LR = 3e-4
 CHUNK = 250  # steps per train_local call; each call encodes a fresh example pool
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<image>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -85,19 +91,25 @@ def build_processor() -> LlavaProcessor:
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=1,  # CLIP's class token, kept by the "full" strategy
         chat_template=CHAT_TEMPLATE,
     )
 
 
 def build_model(processor: LlavaProcessor) -> LlavaForConditionalGeneration:
-    """A ~0.7M-parameter LLaVA: 2-layer CLIP vision tower, MLP projector, 3-layer Llama."""
+    """A ~1.1M-parameter LLaVA: 3-layer CLIP vision tower, MLP projector, 3-layer Llama.
+
+    Why 16 px patches and the class token ("full" strategy, 17 image tokens): with 64 tokens of
+    8 px the language model never learned to gather a shape spread over the whole image from
+    them; 16 tokens still separate small objects, and CLIP's class token, attending over all
+    patches, hands the language model a summary of the image.
+    """
     tokenizer = processor.tokenizer
     vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
         num_attention_heads=4,
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
@@ -118,9 +130,9 @@ def build_model(processor: LlavaProcessor) -> LlavaForConditionalGeneration:
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2 + 1,
         vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy="full",
     )
     model = LlavaForConditionalGeneration(config)
     embedding = model.model.vision_tower.embeddings.position_embedding
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     build(args.out, args.steps, args.seed)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fedvlm.data.example import VQAExample
+from fedvlm.embedded import figures
 
 IMAGE_SIZE = 64
 SHAPES = ("circle", "square", "triangle")
@@ -31,14 +32,19 @@ QUESTIONS = {
 # Half the examples are captions: one forward pass then supervises every fact of the image
 # (count, and each object's size, shape and side), which is what makes a tiny model learn to look
 # within a few thousand steps.
+# A third are whole-image figures and dot counts (``figures.py``): the global-shape skills.
 PRETRAIN_TYPES = (
     "caption",
+    "figure",
     "count",
     "caption",
+    "dots",
     "position",
     "caption",
+    "figure",
     "size",
     "caption",
+    "figure",
     "presence",
 )
 VARIANT_TYPE = "left"  # "is the object on the left?" — never seen in pretraining
@@ -143,6 +149,8 @@ def _sizes(rng: random.Random, count: int) -> list[str]:
 
 def make_example(rng: random.Random, question_type: str) -> VQAExample:
     """One example of ``question_type`` (one of PRETRAIN_TYPES or VARIANT_TYPE)."""
+    if question_type in figures.QUESTION_TYPES:
+        return figures.make_example(rng, question_type)
     if question_type in ("count", "presence"):
         count = rng.randint(0, 3) if question_type == "count" else rng.choice((0, 0, 0, 1, 2, 3))
         image, _ = _scene(rng, _sizes(rng, count))
@@ -186,4 +194,4 @@ def vocabulary_text() -> list[str]:
     """
     questions = [*QUESTIONS.values(), _VARIANT_QUESTION, *RADIOGRAPH_TEXT[:-1]]
     words = [*SHAPES, *NUMBERS, *SIZES, *RADIOGRAPH_TEXT[-1].split()]
-    return questions + words + [" ".join(words)]
+    return questions + words + [" ".join(words)] + figures.vocabulary_text()

@@ -40,6 +40,7 @@ from client.worker_channel import (
 from fedvlm.contract.secagg_keys import (
     CONSISTENCY_MESSAGE,
     MASKED_INPUT_MESSAGE,
+    REVEAL_MESSAGE,
     SETUP_MESSAGE,
     SHARE_KEYS_MESSAGE,
     UNMASK_MESSAGE,
@@ -52,6 +53,7 @@ FORWARDED = (
     "train",
     "evaluate",
     SETUP_MESSAGE,
+    REVEAL_MESSAGE,
     SHARE_KEYS_MESSAGE,
     MASKED_INPUT_MESSAGE,
     CONSISTENCY_MESSAGE,

@@ -20,6 +20,7 @@ SECAGG_CONFIG = "secagg"  # ConfigRecord: every scalar / list value of a payload
 SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord: numpy values (the masked vector)
 SECAGG_STATE = "secagg-state"  # ConfigRecord in context.state: the client's secrets
 SECAGG_ABORTS = "secagg-aborts"  # ConfigRecord in context.state: rounds aborted after a reveal
+ABORTED_ROUNDS = "aborted-rounds"  # its one key: how many in a row
 
 # Payload keys.
 STAGE = "stage"
@@ -30,7 +31,7 @@ PARTICIPANTS = "participants"
 SAMPLED = "sampled"  # every node id sampled for the round
 # Commit-then-reveal of the graph seed: each site's commitment, the committed set (node ids,
 # identity fingerprints, commitments) every site is shown, and the revealed seeds.
-SEED_COMMIT, SEED = "seed-commit", "seed"
+SEED_COMMIT, SEED = "seed-commit", "graph-seed"
 COMMITTED, COMMITTED_FPS, COMMITTED_SEEDS = "committed", "committed-fps", "committed-seeds"
 REVEALS = "reveals"
 # A site's identity: its certificate (DER) and its long-term signature of its round key.

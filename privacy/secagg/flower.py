@@ -22,6 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedvlm.contract.secagg_keys import (
+    ABORTED_ROUNDS,
     CONSISTENCY_MESSAGE,
     MASKED_INPUT_MESSAGE,
     REVEAL_MESSAGE,
@@ -136,11 +137,12 @@ def count_aborts(state: RecordDict, limit: int) -> int:
     CoordinatorMisbehaviourError
         When ``limit`` rounds in a row aborted after the reveal (``secagg-max-aborts``).
     """
-    aborted = int(state.config_records[SECAGG_ABORTS]["count"]) if SECAGG_ABORTS in state else 0
+    aborts = state.config_records[SECAGG_ABORTS] if SECAGG_ABORTS in state else {}
+    aborted = int(aborts.get(ABORTED_ROUNDS, 0))
     if SECAGG_STATE in state:
-        previous = state.config_records[SECAGG_STATE].get("next_stage")
+        previous = load_client(state).next_stage
         aborted = aborted + 1 if previous == Stage.SHARE_KEYS.value else 0
-    state[SECAGG_ABORTS] = ConfigRecord({"count": aborted})
+    state[SECAGG_ABORTS] = ConfigRecord({ABORTED_ROUNDS: aborted})
     if aborted >= limit:
         raise CoordinatorMisbehaviourError(
             f"{aborted} secure-aggregation rounds in a row aborted after this site revealed "

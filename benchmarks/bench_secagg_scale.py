@@ -12,7 +12,7 @@ the default threat model) this measures:
   survivors and signatures (with each signer's round key and certificate) it receives are
   those of its ring segment and neighbours (O(k)). Time is the client's own handler time
   summed over the stages (key sharing includes checking the n graph-seed reveals and finding
-  its place in the public ring: a hash and a sort of the n committed ids); bytes are
+  its place in the public ring: a hash and a sort of the n sampled ids); bytes are
   `payload_nbytes` of every request and reply, downloads also by stage;
 - **coordinator unmask time** over n survivors: rebuilding each survivor's self-mask seed from
   t Shamir shares, checking it against its commitment and removing its ChaCha20 self-mask from

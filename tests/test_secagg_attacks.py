@@ -59,14 +59,15 @@ def _setup(n: int, sites, round_id: bytes):
     return server, clients, replies
 
 
-def _predicted(round_id: bytes, kept: dict, degree: int) -> list[int]:
-    """The victim's neighbours as the coordinator predicts them from the setup replies it
-    keeps (all it knows before any reveal)."""
+def _predicted(round_id: bytes, sampled: list[int], kept: dict, degree: int) -> list[int]:
+    """The victim's committed neighbours as the coordinator predicts them from the setup
+    replies it keeps (all it knows before any reveal); the ring runs over the sampled ids."""
     ids = sorted(kept)
     fps = [fingerprint_of(kept[c][messages.ID_CERT]) for c in ids]
     commits = [kept[c][messages.SEED_COMMIT] for c in ids]
-    digest = committed_digest(round_id, ids, fps, commits)
-    return neighbours(ids, degree, graph_seed(digest, []))[VICTIM]
+    digest = committed_digest(round_id, sampled, ids, fps, commits)
+    ring = neighbours(sampled, degree, graph_seed(digest, []))[VICTIM]
+    return [p for p in ring if p in kept]
 
 
 def _grind_once(n: int, sites) -> bool:
@@ -77,8 +78,12 @@ def _grind_once(n: int, sites) -> bool:
     server, clients, replies = _setup(n, sites, round_id)
     honest = [c for c in range(1, n) if c not in colluders]
     options = [{c: r for c, r in replies.items() if c != drop} for drop in honest[:20]]
-    kept = max(options, key=lambda o: len(set(_predicted(round_id, o, config.degree)) & colluders))
-    predicted = _predicted(round_id, kept, config.degree)
+    sampled = list(range(n))
+    kept = max(
+        options,
+        key=lambda o: len(set(_predicted(round_id, sampled, o, config.degree)) & colluders),
+    )
+    predicted = _predicted(round_id, sampled, kept, config.degree)
     server.receive(kept)
     reveals = {c: clients[c].handle(r) for c, r in server.requests().items()}
     server.receive(reveals)
@@ -135,7 +140,7 @@ def test_sites_shown_different_committed_sets_do_not_vouch_for_each_other(n):
     peers = list(run.states[VICTIM]["graph_peers"])
     shown = peers[0]  # the neighbour shown another committed set
     split = dict(run.states[shown])
-    split["directory"] = committed_digest(run.server.round_id, [shown], [b"x"], [b"y"])
+    split["directory"] = committed_digest(run.server.round_id, [shown], [shown], [b"x"], [b"y"])
     signatures = {}
     for cid, request in requests.items():
         client = SecAggClient.from_state(split if cid == shown else run.states[cid])

@@ -64,6 +64,7 @@ class SecAggClient:
     fingerprint: bytes  # this site's certified identity
     g_seed: bytes  # this site's share of the graph seed, revealed once the set is committed
     directory: bytes = b""  # digest of the committed set (graph.committed_digest)
+    sampled: list[int] = field(default_factory=list)  # the ring's vertices, sorted
     graph_peers: list[int] = field(default_factory=list)
     segment: list[int] = field(default_factory=list)  # my ring segment (Ring.segment)
     participants: list[int] = field(default_factory=list)  # the committed set's node ids
@@ -119,8 +120,8 @@ class SecAggClient:
         client_id = messages.get(payload, messages.CLIENT_ID, int, who)
         config = SecAggConfig.from_dict(payload)
         sampled = messages.get(payload, messages.SAMPLED, list[int], who)
-        if len(set(sampled)) != len(sampled) or client_id not in sampled:
-            raise MalformedPayloadError(f"{who}: the sampled ids repeat or leave me out")
+        if sampled != sorted(set(sampled)) or client_id not in sampled:
+            raise MalformedPayloadError(f"{who}: the sampled ids are not sorted, unique, with me")
         if len(sampled) > config.num_clients:
             raise MalformedPayloadError(
                 f"{who}: {len(sampled)} sampled clients exceed the configured maximum"
@@ -144,6 +145,7 @@ class SecAggClient:
             crypto.random_seed(),
         )
         commit = client._b_commit()
+        client.sampled = sampled
         client.next_stage = Stage.REVEAL.value
         reply = {
             messages.STAGE: Stage.SETUP.value,
@@ -190,6 +192,8 @@ class SecAggClient:
             raise MalformedPayloadError(f"{who}: the committed set is not sorted, unique, aligned")
         if len(set(fps)) != len(fps):
             self._refuse("a certified site stands for more than one node id in the committed set")
+        if strangers := set(ids) - set(self.sampled):
+            self._refuse(f"committed sites {sorted(strangers)} were not sampled at setup")
         mine = seed_commitment(self.round_id, self.client_id, self.g_seed)
         entries = dict(zip(ids, zip(fps, commits, strict=True), strict=True))
         if entries.get(self.client_id) != (self.fingerprint, mine):
@@ -202,13 +206,19 @@ class SecAggClient:
                 f"{self.config.threshold} of shares"
             )
         self.participants, self.participant_fps, self.participant_commits = ids, fps, commits
-        self.directory = committed_digest(self.round_id, ids, fps, commits)
+        self.directory = committed_digest(self.round_id, self.sampled, ids, fps, commits)
         self.next_stage = Stage.SHARE_KEYS.value
         return self._reply(Stage.REVEAL, {messages.SEED: self.g_seed})
 
     def share_keys(self, payload: Payload) -> Payload:
         """Check the reveals, draw the graph, check the neighbours' certified keys, then send
-        each neighbour encrypted shares."""
+        each neighbour encrypted shares.
+
+        The ring runs over the sampled ids (``graph``): my neighbours that never committed are
+        missing vertices. With fewer than t committed neighbours my secrets could never be
+        rebuilt, and whoever silenced the others would face mostly its own colluders: I stop
+        before drawing a single share.
+        """
         who = self._enter(payload, Stage.SHARE_KEYS)
         reveals = messages.get(payload, messages.REVEALS, list[bytes], who)
         if len(reveals) != len(self.participants):
@@ -219,9 +229,17 @@ class SecAggClient:
             if seed_commitment(self.round_id, cid, reveal) != commit:
                 self._refuse(f"the graph seed revealed for client {cid} is not the committed one")
         seed = graph_seed(self.directory, reveals)
-        ring = Ring(self.participants, self.config.degree, seed)
-        self.graph_peers = ring.neighbours(self.client_id)
+        ring = Ring(self.sampled, self.config.degree, seed)
+        self.graph_peers = [
+            p for p in ring.neighbours(self.client_id) if self._committed_at(p) is not None
+        ]
         self.segment = ring.segment(self.client_id)
+        if len(self.graph_peers) < self.config.threshold:
+            raise RoundFailedError(
+                f"{who}: only {len(self.graph_peers)} of my neighbours in the sampled ring "
+                f"committed, fewer than the threshold {self.config.threshold}: my input could "
+                "not stay hidden"
+            )
         peer_ids = messages.get(payload, messages.PEER_IDS, list[int], who)
         if peer_ids != self.graph_peers:
             self._refuse("the neighbours sent are not my neighbours in the round's public graph")

@@ -5,6 +5,15 @@ Harary graph over a pseudo-random order of the clients: the order comes from has
 seed with each client id, so every client recomputes its own neighbourhood and can tell when
 the coordinator hands it the wrong peers.
 
+The ring's vertices are the *sampled* clients (sent at setup, before any reply), as in Bell et
+al., not the ones that answered: a sampled client that never commits is a missing vertex. Drawn
+over the committed set instead, the graph would shrink to whoever the coordinator admits: at
+1,000 sites with 50 colluding, silencing every honest site but a victim left it a complete
+graph of colluders, and its update came out of the sum (tests/test_secagg_exclusion.py). Over
+the sampled ring a client's neighbours are a uniform k-subset of the n - 1 others whoever is
+silenced, which is what the bounds assume, and a client with fewer than t committed neighbours
+sends no share at all.
+
 Whoever can predict the seed before fixing the round can grind it: try round ids or sets of
 replies offline until colluders land next to a victim. So the seed is drawn by the sites,
 commit-then-reveal:
@@ -12,7 +21,8 @@ commit-then-reveal:
 1. setup: each site draws a fresh 32-byte seed and sends only ``seed_commitment`` of it;
 2. reveal: the coordinator sends every site the *committed set*: node ids, certified identity
    fingerprints and commitments of the sites it keeps. A site checks it is in it, that no id
-   or identity repeats, keeps its digest (``committed_digest``), and only then reveals;
+   or identity repeats, that every id was sampled, keeps its digest with the sampled ids
+   (``committed_digest``), and only then reveals;
 3. share keys: the coordinator sends all reveals. Each site checks every reveal against its
    commitment and computes ``graph_seed(digest, reveals)``.
 
@@ -41,10 +51,15 @@ def seed_commitment(round_id: bytes, client_id: int, seed: bytes) -> bytes:
 
 
 def committed_digest(
-    round_id: bytes, ids: list[int], fingerprints: list[bytes], commitments: list[bytes]
+    round_id: bytes,
+    sampled: list[int],
+    ids: list[int],
+    fingerprints: list[bytes],
+    commitments: list[bytes],
 ) -> bytes:
-    """Return the digest of the committed set (in the order sent, which is sorted by id)."""
-    digest = hashlib.sha256(b"secagg-committed" + round_id)
+    """Return the digest of the sampled ids (the ring's vertices) and the committed set (in
+    the order sent, which is sorted by id)."""
+    digest = hashlib.sha256(b"secagg-committed" + round_id + id_bytes(len(sampled), *sampled))
     for client_id, fingerprint, commitment in zip(ids, fingerprints, commitments, strict=True):
         digest.update(id_bytes(client_id) + fingerprint + commitment)
     return digest.digest()

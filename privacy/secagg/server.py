@@ -312,7 +312,7 @@ class SecAggServer:
         bundles = [self._bundles[c] for c in self.active]
         fps = [fingerprint_of(b.cert) for b in bundles]
         commits = [b.seed_commit for b in bundles]
-        self._directory = committed_digest(self.round_id, self.active, fps, commits)
+        self._directory = committed_digest(self.round_id, self.sampled, self.active, fps, commits)
         self._committed = {
             messages.COMMITTED: list(self.active),
             messages.COMMITTED_FPS: fps,
@@ -340,9 +340,14 @@ class SecAggServer:
                 "secagg-max-aborts such rounds in a row)"
             )
         seed = graph_seed(self._directory, [self._reveals[c] for c in self.active])
-        self._ring = Ring(self.active, self.config.degree, seed)
+        # Over the sampled ids, as the clients draw it: one that never committed is a missing
+        # vertex (``graph``). Closed neighbourhoods, which clients sign, keep those vertices.
+        self._ring = Ring(self.sampled, self.config.degree, seed)
         self._full_graph = {c: self._ring.neighbours(c) for c in self.active}
-        self._graph = dict(self._full_graph)
+        committed = set(self.active)
+        self._graph = {
+            c: [p for p in peers if p in committed] for c, peers in self._full_graph.items()
+        }
         self.stage = Stage.SHARE_KEYS
 
     def _check_share_keys(self, cid: int, reply: Payload, who: str) -> None:

@@ -9,7 +9,10 @@ stages the site's secrets live in ``context.state`` (never sent), because Flower
 fresh ClientApp process for every message.
 
 A site recomputes the round's protocol parameters from its own run config and refuses a
-coordinator that offers different ones (an error reply and a log line naming the keys). It
+coordinator that offers different ones (an error reply and a log line naming the keys). As
+the run config is the coordinator's own in a deployment, a site also holds the offered degree
+and threshold to its floor (``SiteFloor``: its node config's γ, σ and federation size, else
+the defaults), so no coordinator can lower them by stating a weaker threat model. It
 signs its round keys with its long-term key (``site_identity``) so that its peers, not the
 coordinator, decide whose keys they accept.
 """
@@ -49,6 +52,7 @@ from privacy.secagg.messages import MASKED, Stage
 from privacy.secagg.settings import (
     MAX_ABORTS,
     SecureAggregationSettings,
+    SiteFloor,
     check_offered,
     flatten_update,
 )
@@ -108,13 +112,16 @@ def _refusals_logged(message: Message, context: Context) -> Iterator[None]:
 
 
 def _setup(message: Message, context: Context) -> Message:
-    """Stage 0: check the coordinator's parameters against ours and that it has not aborted
-    too many rounds after our graph-seed reveal, then draw fresh keys."""
+    """Stage 0: check the coordinator's parameters against ours and against this site's floor,
+    and that it has not aborted too many rounds after our graph-seed reveal; then draw fresh
+    keys."""
     with _refusals_logged(message, context):
         settings = SecureAggregationSettings.from_config(context.run_config)
         payload = recorddict_to_payload(message.content)
         offered = SecAggConfig.from_dict(payload)
         check_offered(offered, settings, uniform_weights=uniform_weights(context))
+        deployed = NodeSettings.from_config(context.node_config).data_path is not None
+        SiteFloor.of_site(context.run_config, context.node_config, deployed=deployed).check(offered)
         count_aborts(context.state, MAX_ABORTS.read({**context.run_config, **context.node_config}))
         client, reply = SecAggClient.setup(payload, site_identity(context))
     save_client(context.state, client)

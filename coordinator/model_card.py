@@ -317,10 +317,12 @@ def _secagg_section(rows: list[dict[str, Any]]) -> list[str]:
             if block["corrupt"] == 0
             else ""
         )
+        federation = block.get("federation_size", 0)  # absent from older ledgers
+        of = f" of a federation of {federation} sites" if federation else ""
         lines.append(
             f"- Rounds {', '.join(map(str, rounds))}: {block['num_clients']} sites, "
             f"k = {block['degree']}, t = {block['threshold']}; assumed up to "
-            f"{block['corrupt']} colluding site(s) (γ = {block['corrupt_fraction']}) and "
+            f"{block['corrupt']} colluding site(s) (γ = {block['corrupt_fraction']}{of}) and "
             f"{block['dropouts']} dropout(s) (δ = {block['dropout_fraction']}); a split view "
             f"needs {block['colluders_needed']} colluding neighbours. Privacy fails with "
             f"probability ≤ {block['privacy_failure']:.3g} (goal 2^-{block['sigma']}), a round "

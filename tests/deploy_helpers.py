@@ -126,7 +126,9 @@ def coordinator_args(
     return fedvlm(*args)
 
 
-def node_args(creds, folders, site: str, port: int) -> list[str]:
+def node_args(creds, folders, site: str, port: int, *node_config: str) -> list[str]:
+    """`fedvlm node` for ``site``; ``node_config`` adds `key=value` site settings."""
+    extra = [arg for pair in node_config for arg in ("--node-config", pair)]
     return fedvlm(
         "node",
         "--superlink",
@@ -137,6 +139,7 @@ def node_args(creds, folders, site: str, port: int) -> list[str]:
         str(creds.ca_cert),
         "--private-key",
         str(creds.site_keys[site][0]),
+        *extra,
     )
 
 
@@ -165,10 +168,11 @@ def sha256(path: Path) -> str:
 
 
 def start_nodes(
-    processes: Processes, creds, folders, port: int, sites=SITES
+    processes: Processes, creds, folders, port: int, sites=SITES, node_config=()
 ) -> list[subprocess.Popen]:
     return [
-        processes.start(f"node-{site}", node_args(creds, folders, site, port))[0] for site in sites
+        processes.start(f"node-{site}", node_args(creds, folders, site, port, *node_config))[0]
+        for site in sites
     ]
 
 

@@ -157,12 +157,14 @@ def test_secure_aggregation_section_lists_what_the_coordinator_saw_in_the_clear(
         "correctness_failure": 1e-13,
         "sigma": 40,
         "eta": 30,
+        "federation_size": 12,
     }
     for row in rows[1:]:
         row["secagg"] = block
     (run_dir / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = ModelCard(model_card(run_dir)).text
     assert "## Secure aggregation" in text and "k = 2, t = 2" in text
+    assert "(γ = 0.0 of a federation of 12 sites)" in text
     clear = text.split("What the coordinator saw in the clear, per site.")[1].split("\n")[0]
     for scalar in (
         "number of training examples",

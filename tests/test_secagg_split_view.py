@@ -19,6 +19,8 @@ Mutations tried (defence removed -> test that fails):
 - colluding sites rounded down (``ThreatModel.corrupt`` with ``math.floor``) leaves the
   parameters at n = 4, 10, 100 unchanged (this test passes); it breaks
   ``test_any_corrupt_fraction_counts_at_least_one_colluding_site`` (test_secagg_bounds).
+- the federation's size ignored (``ThreatModel.corrupt`` counting γ of the round only) ->
+  ``test_a_sample_packed_with_colluders_is_refused_by_a_site_that_knows_the_federation``.
 The old parameters are still reachable by stating that no site colludes (corrupt fraction 0):
 ``test_the_split_view_opens_the_victim_under_the_old_threshold`` shows the attack working
 there, so the refusal above is the threshold's doing, not a broken attack.
@@ -42,6 +44,7 @@ from privacy.secagg import (
 from privacy.secagg.client import share_point
 from privacy.secagg.masking import commit_self_mask, pair_mask_key, self_mask_key
 from privacy.secagg.quantize import dequantize
+from privacy.secagg.settings import SiteFloor
 
 LENGTH = 16
 VICTIM = 0
@@ -186,6 +189,25 @@ def test_the_split_view_is_refused_at_the_defaults(n):
     opened, _ = split_view_attack(config, allowed)
     assert opened is None
     assert 2 * config.threshold - config.degree > allowed
+
+
+def test_a_sample_packed_with_colluders_is_refused_by_a_site_that_knows_the_federation():
+    """With fraction-train < 1 the coordinator picks each round's sample. From a federation of
+    1,000 sites at γ = 0.05 (50 colluding) it samples 100 that hold all 50: γ of the round
+    counts 5, gives k = 26, t = 16, and the split view needs 6 colluding neighbours of the
+    victim, of the 13 expected among its 26. A site that knows the federation's size
+    (``secagg-federation-size``) refuses those parameters; derived with it, k = 72 and
+    t = 62 need 52 colluding neighbours, more than exist."""
+    packed = SecAggConfig(num_clients=100, clip=1.0)
+    opened, updates = split_view_attack(packed, 2 * packed.threshold - packed.degree)
+    assert opened is not None
+    assert np.abs(opened - updates[VICTIM]).max() <= packed.step
+    floor = SiteFloor(corrupt_fraction=0.05, sigma=40, federation_size=1000)
+    with pytest.raises(CoordinatorMisbehaviourError, match="secagg-federation-size = 1000"):
+        floor.check(packed)
+    derived = SecAggConfig(num_clients=100, clip=1.0, federation_size=1000)
+    floor.check(derived)
+    assert 2 * derived.threshold - derived.degree > 50
 
 
 def test_a_split_view_signed_below_threshold_is_still_refused_by_honest_clients():

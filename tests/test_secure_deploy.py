@@ -26,7 +26,9 @@ def test_a_deployed_round_with_secure_aggregation_completes(federation_files, tm
     creds, folders = federation_files
     port = free_port()
     # Two sites: each learns the other's update from the sum, so no colluding site can be
-    # excluded; the run states it (secagg-corrupt-fraction = 0), else it is refused at start.
+    # excluded; the run states it (secagg-corrupt-fraction = 0), else it is refused at start,
+    # and so does each site's own node config, else the site holds the coordinator to the
+    # default 0.05 and refuses (tests/test_secure_phase.py).
     extra = {
         "run-name": "secure",
         "num-server-rounds": 1,
@@ -39,7 +41,7 @@ def test_a_deployed_round_with_secure_aggregation_completes(federation_files, tm
             coordinator_args(creds, tmp_path / "state", port, tmp_path / "runs", **extra),
         )
         wait_for(lambda: registered(log), 60, "the sites' registration", coordinator)
-        start_nodes(processes, creds, folders, port)
+        start_nodes(processes, creds, folders, port, node_config=["secagg-corrupt-fraction=0.0"])
         code = coordinator.wait(timeout=RUN_TIMEOUT)
     assert code == 0, log.read_text()[-3000:]
     rows = read_ledger(tmp_path / "runs" / "secure")

@@ -52,8 +52,14 @@ class LocalGrid(InProcessGrid):
     crashes on it (they never answer it: a dropout at that stage).
     """
 
-    def __init__(self, app: ClientApp, run_config: dict, fail: dict[str, set[int]] | None = None):
-        super().__init__(app, run_config, [{}] * len(NODES), NODES)
+    def __init__(
+        self,
+        app: ClientApp,
+        run_config: dict,
+        fail: dict[str, set[int]] | None = None,
+        node_config: dict | None = None,
+    ):
+        super().__init__(app, run_config, [node_config or {}] * len(NODES), NODES)
         self.fail = fail or {}
 
     def deliver(self, message: Message) -> Message | None:
@@ -206,6 +212,31 @@ def test_sites_refuse_a_coordinator_that_lowers_the_threshold(global_adapter, ca
     refusals = [r for r in caplog.records if "refuses secure-aggregation stage" in r.message]
     assert len(refusals) == len(NODES)
     assert "secagg-degree" in refusals[0].message
+
+
+def test_a_deployed_site_holds_the_coordinator_to_its_own_threat_model(
+    global_adapter, tmp_path, caplog
+):
+    """In a deployment the run config is the coordinator's, so the sites' copy of it states
+    whatever the coordinator states: here that no site colludes (γ = 0), which gives 4 sites
+    the complete graph with threshold 2, where one colluding neighbour suffices for a split
+    view (test_secagg_split_view). A deployed site holds the offered parameters to its own
+    node config, else to the default γ = 0.05, and refuses before drawing a key; simulated
+    sites (the other tests here) take their operator's run config.
+
+    Mutation tried: the ``SiteFloor.of_site(...).check(offered)`` line removed from
+    ``client.secure_aggregation._setup`` -> this test fails (every site sets up under the
+    coordinator's γ = 0 and goes on to the masked-input stage).
+    """
+    app, seen = _capturing_app()
+    deployed = {"data-path": str(tmp_path)}  # a site with its own data: a deployed one
+    with pytest.raises(NotEnoughSitesError):
+        _phase(LocalGrid(app, RUN_CONFIG, node_config=deployed), global_adapter)
+    assert seen == {}
+    refusals = [r for r in caplog.records if "refuses secure-aggregation stage" in r.message]
+    assert len(refusals) == len(NODES)
+    assert "secagg_setup" in refusals[0].message
+    assert "secagg-corrupt-fraction = 0.05" in refusals[0].message
 
 
 def test_a_site_refuses_to_send_a_plain_update_when_secure_aggregation_is_on(global_adapter):

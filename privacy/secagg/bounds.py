@@ -51,16 +51,22 @@ class ThreatModel:
         σ: the privacy bound fails with probability at most 2^-σ over the graph.
     eta : int
         η: a round fails for too many dropouts with probability at most 2^-η.
+    federation_size : int
+        Sites in the whole federation, when a round samples only some of them: γ then counts
+        colluders among all of them, since a coordinator that picks the sample can put every
+        colluding site in a round of few honest ones. 0: the round's own size.
     """
 
     corrupt_fraction: float
     dropout_fraction: float
     sigma: int
     eta: int
+    federation_size: int = 0
 
     def corrupt(self, n: int) -> int:
-        """Sites that may collude with the coordinator among ``n`` (rounded up)."""
-        return math.ceil(Fraction(str(self.corrupt_fraction)) * n)
+        """Sites that may collude with the coordinator in a round of ``n`` (rounded up): γ of
+        the federation, all of whom may have been sampled."""
+        return math.ceil(Fraction(str(self.corrupt_fraction)) * max(n, self.federation_size))
 
     def dropouts(self, n: int) -> int:
         """Sites that may drop out among ``n`` (rounded down, as δ is an expected rate)."""

@@ -30,6 +30,7 @@ KEYS = {
     "dropout_fraction": "secagg-dropout-fraction",
     "sigma": "secagg-sigma",
     "eta": "secagg-eta",
+    "federation_size": "secagg-federation-size",
 }
 _FLOATS = ("clip", "corrupt_fraction", "dropout_fraction")
 _MAX_BITS = 128  # sigma / eta beyond this would only slow the exact tail sums down
@@ -73,6 +74,10 @@ class SecAggConfig:
     sigma, eta : int
         Privacy fails with probability at most 2^-sigma, a round fails for dropouts within
         the bound with probability at most 2^-eta (over the draw of the graph).
+    federation_size : int
+        Sites in the federation when a round samples some of them: ``corrupt_fraction`` of
+        them may all be in this round (the coordinator picks the sample). 0: this round's
+        size, sound only when every site of the federation is sampled.
     """
 
     num_clients: int
@@ -85,6 +90,7 @@ class SecAggConfig:
     dropout_fraction: float = 0.1
     sigma: int = 40
     eta: int = 20
+    federation_size: int = 0
 
     def __post_init__(self) -> None:
         n = self.num_clients
@@ -121,6 +127,9 @@ class SecAggConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= _MAX_BITS:
                 raise ConfigError(KEYS[name], f"must be an integer in [1, {_MAX_BITS}] (bits)")
+        size = self.federation_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConfigError(KEYS["federation_size"], f"must be an integer >= 0, got {size!r}")
 
     def _graph_parameters(self, n: int) -> tuple[int, int]:
         """Return (degree, threshold): derived where 0, and refused where not private enough."""
@@ -187,7 +196,11 @@ class SecAggConfig:
     def threat(self) -> bounds.ThreatModel:
         """The threat model the degree and threshold are derived under."""
         return bounds.ThreatModel(
-            float(self.corrupt_fraction), float(self.dropout_fraction), self.sigma, self.eta
+            float(self.corrupt_fraction),
+            float(self.dropout_fraction),
+            self.sigma,
+            self.eta,
+            self.federation_size,
         )
 
     @property

@@ -20,6 +20,7 @@ import numpy as np
 from fedvlm.errors import ConfigError
 from fedvlm.settings_registry import Scope, setting
 
+from . import bounds
 from .config import KEYS, SecAggConfig
 from .errors import CoordinatorMisbehaviourError, MalformedPayloadError
 
@@ -89,13 +90,28 @@ THRESHOLD = setting(
     check=_auto_or_count,
     expect=_AUTO,
 )
+_FLOOR = (
+    " A deployed site holds the coordinator to its own node-config value, else to the default"
+    " (the run config comes from the coordinator)."
+)
 CORRUPT_FRACTION = setting(
     KEYS["corrupt_fraction"],
     float,
     0.05,
-    "γ: share of sites that may collude with the coordinator (at least one when > 0).",
+    "γ: share of sites that may collude with the coordinator (at least one when > 0)." + _FLOOR,
+    scope=Scope.BOTH,
     check=_fraction,
     expect="in [0, 1)",
+)
+FEDERATION_SIZE = setting(
+    KEYS["federation_size"],
+    int,
+    0,
+    "Sites in the federation, when a round samples some of them: γ of them may all be in one "
+    "round. 0: the round's own size." + _FLOOR,
+    scope=Scope.BOTH,
+    check=lambda v: v >= 0,
+    expect=">= 0",
 )
 DROPOUT_FRACTION = setting(
     KEYS["dropout_fraction"],
@@ -120,7 +136,8 @@ SIGMA = setting(
     KEYS["sigma"],
     int,
     40,
-    "Privacy fails with probability at most 2^-sigma.",
+    "Privacy fails with probability at most 2^-sigma." + _FLOOR,
+    scope=Scope.BOTH,
     check=_bits,
     expect="an integer in [1, 128]",
 )
@@ -172,6 +189,7 @@ class SecureAggregationSettings:
     dropout_fraction: float = DROPOUT_FRACTION.default
     sigma: int = SIGMA.default
     eta: int = ETA.default
+    federation_size: int = FEDERATION_SIZE.default
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureAggregationSettings:
@@ -187,6 +205,7 @@ class SecureAggregationSettings:
             dropout_fraction=DROPOUT_FRACTION.read(config),
             sigma=SIGMA.read(config),
             eta=ETA.read(config),
+            federation_size=FEDERATION_SIZE.read(config),
         )
         if settings.levels == 1:
             raise ConfigError(KEYS["levels"], "must be 0 (auto) or at least 2")
@@ -219,6 +238,7 @@ class SecureAggregationSettings:
             dropout_fraction=self.dropout_fraction,
             sigma=self.sigma,
             eta=self.eta,
+            federation_size=self.federation_size,
         )
 
     def dropout_warning(self, num_clients: int, *, limit: int = 1000) -> str | None:
@@ -279,6 +299,62 @@ def check_offered(
             "the coordinator's secure-aggregation settings differ from this site's run "
             f"config: {', '.join(differing)}"
         )
+
+
+@dataclass(frozen=True)
+class SiteFloor:
+    """The threat model a site holds every round to, whatever the coordinator states.
+
+    In a deployment the run config is the coordinator's (``flwr run`` sends it), so a
+    coordinator could state that no site colludes (γ = 0) and get the smallest degree and
+    threshold, which its colluders then open. A site's floor comes from its own node config,
+    else from the defaults; a simulated site, whose run config is its own operator's, takes
+    the run config's values.
+    """
+
+    corrupt_fraction: float
+    sigma: int
+    federation_size: int
+
+    @classmethod
+    def of_site(
+        cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any], *, deployed: bool
+    ) -> SiteFloor:
+        """Read the floor: node config first, then the defaults (deployed) or the run config."""
+        fallback = {} if deployed else run_config
+        values = {**fallback, **node_config}
+        return cls(CORRUPT_FRACTION.read(values), SIGMA.read(values), FEDERATION_SIZE.read(values))
+
+    def check(self, offered: SecAggConfig) -> None:
+        """Refuse offered round parameters that are not private under this floor.
+
+        The offered degree and threshold must keep a split view beyond the colluders this
+        site assumes (γ of the federation) with probability 2^-σ, whatever γ, σ and
+        federation size the coordinator states; stronger ones pass.
+
+        Raises
+        ------
+        CoordinatorMisbehaviourError
+            Naming the floor's keys and the failure probability of the offered parameters.
+        """
+        threat = bounds.ThreatModel(
+            self.corrupt_fraction,
+            offered.dropout_fraction,
+            self.sigma,
+            offered.eta,
+            self.federation_size,
+        )
+        n = offered.num_clients
+        held = bounds.evaluate(n, offered.degree, offered.threshold, threat)
+        if not held.private:
+            raise CoordinatorMisbehaviourError(
+                f"the offered degree {offered.degree} and threshold {offered.threshold} for "
+                f"{n} sites are not private under this site's floor ({KEYS['corrupt_fraction']}"
+                f" = {self.corrupt_fraction}, {KEYS['sigma']} = {self.sigma}, "
+                f"{KEYS['federation_size']} = {self.federation_size}: {held.corrupt} colluding "
+                f"sites open one with probability up to {held.privacy_failure:.3g}); the "
+                "coordinator states a weaker threat model than this site accepts"
+            )
 
 
 def flatten_update(update: Mapping[str, Any], clip: float) -> np.ndarray:

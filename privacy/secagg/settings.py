@@ -244,8 +244,9 @@ class SecureAggregationSettings:
     def dropout_warning(self, num_clients: int, *, limit: int = 1000) -> str | None:
         """A start-up warning when a round of ``num_clients`` survives no dropout, else None.
 
-        With 3 sites the defaults give degree 2 and threshold 2: one site lost after key
-        sharing leaves its neighbours' secrets one share short and the round fails. The
+        With 3 sites the defaults give degree 2 and threshold 2: one site lost (at any stage:
+        a sampled site that never answers setup is a missing vertex) leaves its neighbours'
+        secrets one share short and the round fails. The
         warning names the smallest federation (at these settings) that survives one.
         """
         config = self.round_config(num_clients)

@@ -24,7 +24,7 @@ from client.lora_site import (
 from client.secure_aggregation import refuse_plain_train
 from client.secure_aggregation import register as register_secure_aggregation
 from client.site_data import load_site
-from client.site_identity import site_record
+from client.site_identity import site_record, site_seed
 from fedvlm import contract
 from fedvlm.adapter import (
     Adapter,
@@ -79,7 +79,6 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
     run, site, model, processor, global_adapter, start = _prepare(msg, context)
     config = msg.content[contract.CONFIG]
     server_round = int(config[contract.SERVER_ROUND])
-    partition = int(context.node_config.get("partition-id", 0))
     started = time.perf_counter()
     reset_peak_memory()
     # Under sample-level DP this trains with DP-SGD, or refuses (SiteRefusalError) a round
@@ -94,7 +93,7 @@ def train_update(msg: Message, context: Context) -> tuple[Adapter, dict[str, Any
             model,
             processor,
             site.train,
-            seed=run.seed + 100_003 * server_round + partition,
+            seed=run.seed + 100_003 * server_round + site_seed(context),
             reference=start,
             message_id=msg.metadata.message_id,
         )
@@ -170,7 +169,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
                 steps=settings.personalise_steps,
                 lr=run.learning_rate,
                 batch_size=run.batch_size,
-                seed=run.seed + int(context.node_config.get("partition-id", 0)),
+                seed=run.seed + site_seed(context),
             )
             metrics[PERSONALISED_ACCURACY] = tuned.accuracy
             metrics[PERSONALISED_LOSS] = tuned.loss

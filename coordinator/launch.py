@@ -43,6 +43,7 @@ from fedvlm.processes import (
     wait_for_port,
     write_connection,
 )
+from privacy.secagg.settings import FEDERATION_SIZE
 
 CONNECTION = "fedvlm-deployment"
 DEFAULT_PORT = 8000  # Flower's own default for the SuperLink
@@ -270,6 +271,19 @@ def with_run_folder(run_config: Mapping[str, Any], cwd: Path) -> tuple[dict[str,
     return config, run_dir / run_name
 
 
+def with_federation_size(run_config: Mapping[str, Any], site_keys: Sequence[Path]) -> dict:
+    """Count secure aggregation's colluders among every registered site, unless told otherwise.
+
+    The registered sites are the federation. A round that samples only some of them could hold
+    every colluding one, so γ must count them all (``secagg-federation-size``); with every site
+    sampled this changes nothing. A resumed run keeps the settings it started with.
+    """
+    config = dict(run_config)
+    if site_keys and FEDERATION_SIZE.key not in config and not config.get("resume"):
+        config[FEDERATION_SIZE.key] = len(site_keys)
+    return config
+
+
 def run_coordinator(opts: CoordinatorOptions) -> Path:
     """Start the SuperLink, register the sites, run the federation; return the run folder.
 
@@ -284,7 +298,8 @@ def run_coordinator(opts: CoordinatorOptions) -> Path:
     opts.check()
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    run_config, run_folder = with_run_folder(opts.run_config, Path.cwd())
+    run_config = with_federation_size(opts.run_config, opts.site_keys)
+    run_config, run_folder = with_run_folder(run_config, Path.cwd())
     opts = replace(opts, run_config=run_config)
     with running_superlink(opts) as env:
         for site, node_id in register_site_keys(opts.site_keys, env).items():

@@ -25,6 +25,7 @@ from coordinator.launch import (
     CoordinatorOptions,
     running_superlink,
     superlink_command,
+    with_federation_size,
     with_run_folder,
 )
 from fedvlm.credentials import make_credentials
@@ -255,3 +256,13 @@ def test_flwr_ls_log_and_stop_manage_a_run_on_the_coordinators_superlink(creds, 
             time.sleep(1)
     (run,) = listed["runs"]
     assert int(run["run-id"]) == run_id and run["status"] == "finished:stopped", listed
+
+
+def test_secure_aggregation_counts_colluders_among_every_registered_site(tmp_path):
+    """Rounds that sample some of the registered sites could hold every colluding one: the
+    coordinator states the federation's size (unless the run does, or it resumes)."""
+    keys = [tmp_path / f"site-{i}.pub" for i in range(5)]
+    assert with_federation_size({}, keys) == {"secagg-federation-size": 5}
+    assert with_federation_size({"secagg-federation-size": 9}, keys)["secagg-federation-size"] == 9
+    assert "secagg-federation-size" not in with_federation_size({"resume": "r1"}, keys)
+    assert with_federation_size({}, []) == {}  # --insecure registers no key

@@ -8,6 +8,8 @@ Mutations tried (defence removed -> test that fails):
 - the privacy check of explicit values removed (``if not result.private`` in
   ``SecAggConfig._graph_parameters``) ->
   ``test_explicit_parameters_below_the_bound_are_refused_naming_the_key``;
+- ``SiteFloor.check`` evaluating at the offered δ instead of the larger of the site's and the
+  offered -> ``test_a_site_holds_the_stated_dropout_fraction_to_its_floor``;
 - the split-view term left out of ``bounds._privacy`` ->
   ``test_the_derivation_matches_the_reference_parameter_finder`` and the test above.
 """
@@ -23,7 +25,7 @@ from fedvlm.errors import ConfigError
 from privacy.secagg import CoordinatorMisbehaviourError, SecAggConfig
 from privacy.secagg.bounds import ThreatModel, _tail, derive, evaluate
 from privacy.secagg.graph import neighbours
-from privacy.secagg.settings import SecureAggregationSettings, check_offered
+from privacy.secagg.settings import SecureAggregationSettings, SiteFloor, check_offered
 
 DEFAULT = ThreatModel(0.05, 0.1, 40, 20)
 
@@ -126,3 +128,16 @@ def test_a_site_refuses_a_coordinator_that_states_a_weaker_threat_model():
     )
     with pytest.raises(CoordinatorMisbehaviourError, match="secagg-corrupt-fraction = 0.0"):
         check_offered(weaker.round_config(10), mine, uniform_weights=False)
+
+
+def test_a_site_holds_the_stated_dropout_fraction_to_its_floor():
+    """A coordinator that states no dropout (δ = 0) gets k = 6, t = 6 at 100 sites. It can drop
+    any site it likes, though, and with the 10 dropouts of a site's default δ = 0.1 on top of
+    its 5 colluders a ring of degree 6 falls apart (partial sums open) with probability about
+    0.02: the site refuses. The defaults, derived at δ = 0.1, pass."""
+    offered = SecAggConfig(num_clients=100, clip=1.0, dropout_fraction=0.0)
+    assert (offered.degree, offered.threshold) == (6, 6)
+    floor = SiteFloor(corrupt_fraction=0.05, sigma=40, federation_size=0, dropout_fraction=0.1)
+    with pytest.raises(CoordinatorMisbehaviourError, match="secagg-dropout-fraction = 0.1"):
+        floor.check(offered)
+    floor.check(SecAggConfig(num_clients=100, clip=1.0))

@@ -117,7 +117,8 @@ DROPOUT_FRACTION = setting(
     KEYS["dropout_fraction"],
     float,
     0.1,
-    "δ: share of sites that may drop out mid-round.",
+    "δ: share of sites that may drop out mid-round (or that the coordinator may drop)." + _FLOOR,
+    scope=Scope.BOTH,
     check=_fraction,
     expect="in [0, 1)",
 )
@@ -308,14 +309,16 @@ class SiteFloor:
 
     In a deployment the run config is the coordinator's (``flwr run`` sends it), so a
     coordinator could state that no site colludes (γ = 0) and get the smallest degree and
-    threshold, which its colluders then open. A site's floor comes from its own node config,
-    else from the defaults; a simulated site, whose run config is its own operator's, takes
-    the run config's values.
+    threshold, which its colluders then open; or that no site drops out (δ = 0: k = 6 at 100
+    sites), when it can drop any site it likes and a ring that sparse then falls apart into
+    partial sums. A site's floor comes from its own node config, else from the defaults; a
+    simulated site, whose run config is its own operator's, takes the run config's values.
     """
 
     corrupt_fraction: float
     sigma: int
     federation_size: int
+    dropout_fraction: float = DROPOUT_FRACTION.default
 
     @classmethod
     def of_site(
@@ -324,14 +327,20 @@ class SiteFloor:
         """Read the floor: node config first, then the defaults (deployed) or the run config."""
         fallback = {} if deployed else run_config
         values = {**fallback, **node_config}
-        return cls(CORRUPT_FRACTION.read(values), SIGMA.read(values), FEDERATION_SIZE.read(values))
+        return cls(
+            CORRUPT_FRACTION.read(values),
+            SIGMA.read(values),
+            FEDERATION_SIZE.read(values),
+            DROPOUT_FRACTION.read(values),
+        )
 
     def check(self, offered: SecAggConfig) -> None:
         """Refuse offered round parameters that are not private under this floor.
 
         The offered degree and threshold must keep a split view beyond the colluders this
-        site assumes (γ of the federation) with probability 2^-σ, whatever γ, σ and
-        federation size the coordinator states; stronger ones pass.
+        site assumes (γ of the federation), and the graph connected after the dropouts it
+        assumes (δ, or the offered δ when larger), with probability 2^-σ, whatever the
+        coordinator states; stronger ones pass.
 
         Raises
         ------
@@ -340,7 +349,7 @@ class SiteFloor:
         """
         threat = bounds.ThreatModel(
             self.corrupt_fraction,
-            offered.dropout_fraction,
+            max(self.dropout_fraction, offered.dropout_fraction),
             self.sigma,
             offered.eta,
             self.federation_size,
@@ -351,9 +360,11 @@ class SiteFloor:
             raise CoordinatorMisbehaviourError(
                 f"the offered degree {offered.degree} and threshold {offered.threshold} for "
                 f"{n} sites are not private under this site's floor ({KEYS['corrupt_fraction']}"
-                f" = {self.corrupt_fraction}, {KEYS['sigma']} = {self.sigma}, "
+                f" = {self.corrupt_fraction}, {KEYS['dropout_fraction']} = "
+                f"{self.dropout_fraction}, {KEYS['sigma']} = {self.sigma}, "
                 f"{KEYS['federation_size']} = {self.federation_size}: {held.corrupt} colluding "
-                f"sites open one with probability up to {held.privacy_failure:.3g}); the "
+                f"sites and {held.dropouts} dropouts open one or a partial sum with probability "
+                f"up to {held.privacy_failure:.3g}); the "
                 "coordinator states a weaker threat model than this site accepts"
             )
 

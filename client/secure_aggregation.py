@@ -11,8 +11,8 @@ fresh ClientApp process for every message.
 A site recomputes the round's protocol parameters from its own run config and refuses a
 coordinator that offers different ones (an error reply and a log line naming the keys). As
 the run config is the coordinator's own in a deployment, a site also holds the offered degree
-and threshold to its floor (``SiteFloor``: its node config's γ, σ and federation size, else
-the defaults), so no coordinator can lower them by stating a weaker threat model. It
+and threshold to its floor (``SiteFloor``: its node config's γ, δ, σ and federation size,
+else the defaults), so no coordinator can lower them by stating a weaker threat model. It
 signs its round keys with its long-term key (``site_identity``) so that its peers, not the
 coordinator, decide whose keys they accept.
 """

@@ -10,6 +10,7 @@ import json
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedvlm.credentials import certify_site, make_credentials, make_site_key
 from fedvlm.data.imagefolder import validate_imagefolder
@@ -87,23 +88,36 @@ def _coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node(args: argparse.Namespace) -> int:
-    from client.launch import NodeOptions, run_node
+def _absolute(path: str | None) -> Path | None:
+    return Path(path).expanduser().resolve() if path else None
 
+
+def node_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The node config `fedvlm node` passes on: the site's own pairs plus what its files imply.
+
+    Paths are made absolute here: the ClientApp and the site worker run in other working
+    directories, where a relative `creds/site-0.key` names nothing.
+    """
     settings = parse_pairs(args.node_config, "--node-config")
     settings.setdefault("torch-threads", args.torch_threads)
     if args.private_key:  # the name the site registered under (`fedvlm credentials --site`)
         settings.setdefault("site-name", Path(args.private_key).stem)
         # Its secure-aggregation identity: the same key, <site>.crt next to it, the CA.
-        settings.setdefault("secagg-identity-key", str(Path(args.private_key).expanduser()))
+        settings.setdefault("secagg-identity-key", str(_absolute(args.private_key)))
     if args.ca_cert:
-        settings.setdefault("secagg-ca-cert", str(Path(args.ca_cert).expanduser()))
+        settings.setdefault("secagg-ca-cert", str(_absolute(args.ca_cert)))
+    return settings
+
+
+def _node(args: argparse.Namespace) -> int:
+    from client.launch import NodeOptions, run_node
+
     options = NodeOptions(
         superlink=args.superlink,
-        data_path=Path(args.data).expanduser().resolve(),
-        root_certificates=Path(args.ca_cert).expanduser().resolve() if args.ca_cert else None,
-        private_key=Path(args.private_key).expanduser().resolve() if args.private_key else None,
-        settings=settings,
+        data_path=_absolute(args.data),
+        root_certificates=_absolute(args.ca_cert),
+        private_key=_absolute(args.private_key),
+        settings=node_settings(args),
         port=args.port,
         insecure=args.insecure,
         cold=args.cold,

@@ -36,3 +36,21 @@ def test_resume_reads_the_run_config_back_from_the_run_folder(tmp_path):
     assert saved_run_config(run) == {k: v for k, v in saved.items() if k != "resume"}
     with pytest.raises(FedVLMError, match=r"--resume: .*run.json does not exist"):
         saved_run_config(tmp_path)
+
+
+def test_a_node_started_with_relative_credential_paths_passes_absolute_ones(tmp_path, monkeypatch):
+    """`fedvlm node --private-key creds/site-0.key` run from the folder that holds `creds/`
+    (as the README does): the site worker and the ClientApp run elsewhere, and a relative
+    `secagg-identity-key` made every secure-aggregation setup fail with "cannot read
+    creds/site-0.key" in a loopback deployment."""
+    from cli.deploy import node_settings
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(
+        ["node", "--superlink", "127.0.0.1:9400", "--data", "digits/site-0",
+         "--ca-cert", "creds/ca.crt", "--private-key", "creds/site-0.key"]
+    )  # fmt: skip
+    settings = node_settings(args)
+    assert settings["secagg-identity-key"] == str(tmp_path / "creds" / "site-0.key")
+    assert settings["secagg-ca-cert"] == str(tmp_path / "creds" / "ca.crt")
+    assert settings["site-name"] == "site-0"
